@@ -1,0 +1,26 @@
+//! The position engine: the pure partition state machine (`machine`), its durable storage
+//! (`storage`, the only module that knows sled) and the in-process runtime that runs one
+//! actor per partition (`runtime`).
+
+pub mod command;
+pub mod ids;
+pub mod limits;
+pub mod machine;
+pub mod money;
+
+/// Errors at the engine's boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("storage error: {0}")]
+    Storage(String),
+    #[error("partition {partition}: corrupt record {what}: {detail}")]
+    Corrupt {
+        partition: u32,
+        what: String,
+        detail: String,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("the hub is shutting down")]
+    ShuttingDown,
+}

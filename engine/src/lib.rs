@@ -7,6 +7,8 @@ pub mod ids;
 pub mod limits;
 pub mod machine;
 pub mod money;
+pub mod runtime;
+pub mod storage;
 
 /// Errors at the engine's boundary.
 #[derive(Debug, thiserror::Error)]

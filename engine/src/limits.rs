@@ -40,7 +40,7 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             batch_size_max: 8192,
-            batch_wait_us: 500,
+            batch_wait_us: 100,
             mailbox_capacity: 65_536,
             open_transfers_max: 1_000_000,
             parked_prepares_max: 4_096,

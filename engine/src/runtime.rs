@@ -1,0 +1,876 @@
+//! The in-process runtime: one actor per partition, wired by in-process logs, sharing one
+//! durable store and one syncer. The embedded hub and the engine benchmark run on it.
+//!
+//! An actor is a tokio task that owns its `PartitionState`. Its loop (group commit):
+//!
+//! 1. take up to `batch_size_max` commands: peer messages and ticks first, then clients;
+//! 2. look up archived records for transfers that are not in memory;
+//! 3. apply the batch (pure), append one WAL record;
+//! 4. ask the syncer for durability (one sled flush + one fdatasync covers every partition
+//!    that asked meanwhile);
+//! 5. only then: answer the submitters, publish events, deliver peer messages, hand
+//!    finished transfers to the archiver.
+//!
+//! Queues: the client mailbox is bounded (`mailbox_capacity`; full → `Overloaded`, which the
+//! gateway answers with 503 + Retry-After). The peer lane is unbounded in type but bounded
+//! by the protocol: a partition sends at most one borrow per parked prepare
+//! (`parked_prepares_max`), one recall per account per round and one answer per recall, and
+//! at most one tick is pending per partition.
+
+use crate::command::{Admin, Command, ErrorCode, Event, FinishedTransfer, Fulfil, Prepare, Reject, TimestampMs, TransferState};
+use crate::ids::{AccountKey, FspId, TransferId};
+use crate::limits::Limits;
+use crate::machine::account::Money;
+use crate::machine::{home_of, Input, Outgoing, PartitionState};
+use crate::storage::{SnapshotRecord, Storage, Store, WalRecord};
+use crate::EngineError;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, info_span, Instrument};
+
+/// Configuration of an in-process hub engine.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub data_dir: PathBuf,
+    pub partitions: u32,
+    pub limits: Limits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The partition's mailbox is full: answer 503 + Retry-After.
+    #[error("partition {partition} is overloaded")]
+    Overloaded { partition: u32 },
+    #[error("the hub is shutting down")]
+    ShuttingDown,
+}
+
+/// What GET /transfers/{id} shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferView {
+    pub transfer_id: TransferId,
+    pub payer: FspId,
+    pub payee: FspId,
+    pub state: TransferState,
+    pub fulfilment: Option<[u8; 32]>,
+    pub completed_ms: Option<TimestampMs>,
+}
+
+/// An account's figures summed over all slices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountView {
+    pub account: AccountKey,
+    pub active: bool,
+    pub position: i128,
+    pub reserved: i128,
+    pub ndc: i128,
+    pub liquidity_cover: i128,
+    pub limits_set: bool,
+}
+
+/// Operator view of one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionStatus {
+    pub partition: u32,
+    pub owner: String,
+    pub epoch: u64,
+    pub committed_batch: u64,
+    pub queue_depth: usize,
+    pub applied_commands: u64,
+}
+
+/// Counters of one partition, shared with the hub handle.
+#[derive(Default)]
+struct Stats {
+    epoch: AtomicU64,
+    committed_batch: AtomicU64,
+    applied_commands: AtomicU64,
+    last_batch_size: AtomicU64,
+    parked: AtomicUsize,
+    tick_pending: AtomicBool,
+}
+
+/// Engine-wide counters for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineMetrics {
+    pub fsyncs: u64,
+    pub batches: u64,
+    pub commands: u64,
+    pub parked_prepares: u64,
+    pub flush_latency_us_total: u64,
+    pub denials: u64,
+}
+
+struct ClientRequest {
+    command: Command,
+    reply: Option<oneshot::Sender<()>>,
+}
+
+enum Query {
+    Transfer { id: TransferId, reply: oneshot::Sender<Option<TransferView>> },
+    Account { account: AccountKey, reply: oneshot::Sender<Option<SliceFigures>> },
+}
+
+/// One partition's part of an account.
+#[derive(Debug, Clone, Default)]
+struct SliceFigures {
+    known: bool,
+    active: bool,
+    position: Money,
+    reserved: Money,
+    bank: Option<(Money, Money, Money, bool)>, // ndc, cover, base position, limits set
+}
+
+type AdminWaiters = Arc<Mutex<HashMap<u64, oneshot::Sender<(Option<ErrorCode>, String)>>>>;
+
+struct Shared {
+    partitions: u32,
+    limits: Limits,
+    store: Arc<dyn Storage>,
+    clients: Vec<mpsc::Sender<ClientRequest>>,
+    peers: Vec<mpsc::UnboundedSender<Command>>,
+    queries: Vec<mpsc::Sender<Query>>,
+    stats: Vec<Stats>,
+    /// `confirmed[to * N + from]`: receiver `to` has durably applied `from`'s messages up
+    /// to this sequence number.
+    confirmed: Vec<AtomicU64>,
+    admin_waiters: AdminWaiters,
+    next_request_id: AtomicU64,
+    shutting_down: AtomicBool,
+    syncer: mpsc::Sender<oneshot::Sender<Result<u64, String>>>,
+    archiver: mpsc::Sender<ArchiveJob>,
+    /// `archived_upto[p]`: every finished transfer of partition p's batches up to this one
+    /// is written to the archive.
+    archived_upto: Vec<AtomicU64>,
+    batches: AtomicU64,
+    flush_latency_us_total: AtomicU64,
+    denials: AtomicU64,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    archiver_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Cheap to clone; every clone talks to the same partition actors.
+#[derive(Clone)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+/// Bound on archiver backlog, in batches of finished transfers.
+const ARCHIVE_QUEUE_BATCHES_MAX: usize = 1_024;
+/// Bound on queued read queries per partition.
+const QUERY_QUEUE_MAX: usize = 1_024;
+/// Bound on sync requests waiting for the syncer.
+const SYNC_QUEUE_MAX: usize = 4_096;
+/// How many archived records one retention pass inspects.
+const PRUNE_SCAN_MAX: usize = 100_000;
+/// Retention passes run this often.
+const PRUNE_INTERVAL_MS: u64 = 60_000;
+
+pub fn now_ms() -> TimestampMs {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl Hub {
+    /// Opens (or recovers) the data directory and starts one actor per partition. Must be
+    /// called inside a tokio runtime. Returns the event stream the notifier consumes.
+    pub fn open(config: HubConfig) -> Result<(Hub, mpsc::Receiver<Event>), EngineError> {
+        if sharding::PartitionCount::new(config.partitions).is_none() {
+            return Err(EngineError::Config(format!(
+                "partitions must be 1..={}, got {}",
+                sharding::PARTITIONS_MAX,
+                config.partitions
+            )));
+        }
+        let limits = config.limits.clone();
+        let store: Arc<dyn Storage> =
+            Arc::new(Store::open(&config.data_dir, config.partitions, limits.sled_cache_bytes)?);
+        Hub::open_with_store(store, config.partitions, limits)
+    }
+
+    /// As [`Hub::open`], on any [`Storage`].
+    pub fn open_with_store(
+        store: Arc<dyn Storage>,
+        partitions: u32,
+        limits: Limits,
+    ) -> Result<(Hub, mpsc::Receiver<Event>), EngineError> {
+        let n = partitions as usize;
+        // 1. Recover every partition before any actor runs.
+        let mut recovered = Vec::with_capacity(n);
+        for p in 0..partitions {
+            recovered.push(recover(&*store, p, partitions, &limits)?);
+        }
+        let mut epochs = Vec::with_capacity(n);
+        for p in 0..partitions {
+            epochs.push(store.next_epoch(p)?);
+        }
+        store.sync()?;
+
+        let (events_tx, events_rx) = mpsc::channel(limits.events_capacity);
+        let mut clients = Vec::new();
+        let mut client_rxs = Vec::new();
+        let mut peers = Vec::new();
+        let mut peer_rxs = Vec::new();
+        let mut queries = Vec::new();
+        let mut query_rxs = Vec::new();
+        for _ in 0..n {
+            let (tx, rx) = mpsc::channel(limits.mailbox_capacity);
+            clients.push(tx);
+            client_rxs.push(rx);
+            let (tx, rx) = mpsc::unbounded_channel();
+            peers.push(tx);
+            peer_rxs.push(rx);
+            let (tx, rx) = mpsc::channel(QUERY_QUEUE_MAX);
+            queries.push(tx);
+            query_rxs.push(rx);
+        }
+        let (sync_tx, sync_rx) = mpsc::channel(SYNC_QUEUE_MAX);
+        let (archive_tx, archive_rx) = mpsc::channel(ARCHIVE_QUEUE_BATCHES_MAX);
+        let confirmed = (0..n * n).map(|_| AtomicU64::new(0)).collect();
+        let shared = Arc::new(Shared {
+            partitions,
+            limits: limits.clone(),
+            store: store.clone(),
+            clients,
+            peers,
+            queries,
+            stats: (0..n).map(|_| Stats::default()).collect(),
+            confirmed,
+            admin_waiters: Arc::new(Mutex::new(HashMap::new())),
+            next_request_id: AtomicU64::new((now_ms() as u64) << 16),
+            shutting_down: AtomicBool::new(false),
+            syncer: sync_tx,
+            archiver: archive_tx,
+            archived_upto: recovered.iter().map(|r| AtomicU64::new(r.state.batch_seq)).collect(),
+            batches: AtomicU64::new(0),
+            flush_latency_us_total: AtomicU64::new(0),
+            denials: AtomicU64::new(0),
+            tasks: Mutex::new(Vec::new()),
+            archiver_thread: Mutex::new(None),
+        });
+
+        // 2. The syncer: one flush + fdatasync for every request queued meanwhile.
+        let syncer_store = store.clone();
+        let syncer = std::thread::Builder::new()
+            .name("engine-syncer".into())
+            .spawn(move || run_syncer(syncer_store, sync_rx))
+            .map_err(|e| EngineError::Storage(e.to_string()))?;
+        drop(syncer); // ends when every sender is gone
+
+        // 3. The archiver: writes finished transfers off the critical path.
+        let archiver_shared = Arc::downgrade(&shared);
+        let archiver_store = store.clone();
+        let retention_ms = limits.retention_ms;
+        let archiver = std::thread::Builder::new()
+            .name("engine-archiver".into())
+            .spawn(move || run_archiver(archiver_store, archive_rx, archiver_shared, retention_ms))
+            .map_err(|e| EngineError::Storage(e.to_string()))?;
+        *lock(&shared.archiver_thread) = Some(archiver);
+
+        // 4. The actors.
+        let hub = Hub { shared: shared.clone() };
+        let mut tasks = Vec::new();
+        for (p, (((rec, client_rx), peer_rx), query_rx)) in recovered
+            .into_iter()
+            .zip(client_rxs)
+            .zip(peer_rxs)
+            .zip(query_rxs)
+            .enumerate()
+        {
+            let epoch = epochs[p];
+            shared.stats[p].epoch.store(epoch, Ordering::Relaxed);
+            shared.stats[p].committed_batch.store(rec.state.batch_seq, Ordering::Relaxed);
+            let actor = Actor {
+                partition: p as u32,
+                epoch,
+                shared: shared.clone(),
+                state: rec.state,
+                unconfirmed: rec.unconfirmed,
+                finished_cache: HashMap::new(),
+                finished_order: VecDeque::new(),
+                events: events_tx.clone(),
+                client_rx,
+                peer_rx,
+                query_rx,
+                last_snapshot_batch: rec.snapshot_batch,
+            };
+            let republish = rec.republish;
+            let span = info_span!("partition", partition = p, epoch = epoch);
+            tasks.push(tokio::spawn(actor.run(republish).instrument(span)));
+        }
+        // 5. The ticker: expiry and idle returns.
+        let ticker = hub.clone();
+        tasks.push(tokio::spawn(async move { ticker.run_ticker().await }));
+        *lock(&shared.tasks) = tasks;
+        info!(partitions, "engine started");
+        Ok((hub, events_rx))
+    }
+
+    pub fn partition_count(&self) -> u32 {
+        self.shared.partitions
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.shared.limits
+    }
+
+    async fn run_ticker(&self) {
+        let mut interval = tokio::time::interval(Duration::from_millis(self.shared.limits.tick_interval_ms.max(1)));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            interval.tick().await;
+            if self.shared.shutting_down.load(Ordering::Relaxed) {
+                return;
+            }
+            let now = now_ms();
+            for (p, peer) in self.shared.peers.iter().enumerate() {
+                // At most one tick pending per partition keeps the peer lane bounded.
+                if !self.shared.stats[p].tick_pending.swap(true, Ordering::AcqRel) {
+                    let _ = peer.send(Command::Tick { now_ms: now });
+                }
+            }
+        }
+    }
+
+    /// Appends a command to its partition's mailbox and waits until it is durably applied.
+    pub async fn submit(&self, partition: u32, command: Command) -> Result<(), SubmitError> {
+        if self.shared.shutting_down.load(Ordering::Relaxed) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let (reply, done) = oneshot::channel();
+        let sender = &self.shared.clients[partition as usize];
+        sender.try_send(ClientRequest { command, reply: Some(reply) }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded { partition },
+            mpsc::error::TrySendError::Closed(_) => SubmitError::ShuttingDown,
+        })?;
+        done.await.map_err(|_| SubmitError::ShuttingDown)
+    }
+
+    /// The partition that owns a transfer.
+    pub fn partition_of(&self, transfer_id: &TransferId) -> u32 {
+        (transfer_id.route_hash() % u64::from(self.shared.partitions)) as u32
+    }
+
+    pub async fn prepare(&self, now_ms: TimestampMs, prepare: Prepare) -> Result<(), SubmitError> {
+        let p = self.partition_of(&prepare.transfer_id);
+        self.submit(p, Command::Prepare { now_ms, prepare }).await
+    }
+
+    pub async fn fulfil(&self, now_ms: TimestampMs, fulfil: Fulfil) -> Result<(), SubmitError> {
+        let p = self.partition_of(&fulfil.transfer_id);
+        self.submit(p, Command::Fulfil { now_ms, fulfil }).await
+    }
+
+    pub async fn reject(&self, now_ms: TimestampMs, reject: Reject) -> Result<(), SubmitError> {
+        let p = self.partition_of(&reject.transfer_id);
+        self.submit(p, Command::Reject { now_ms, reject }).await
+    }
+
+    /// GET /transfers/{id}: `Err(3208)` unknown, `Err(3000)` when `source` is neither party.
+    pub async fn get_transfer(&self, id: TransferId, source: FspId) -> Result<TransferView, ErrorCode> {
+        let p = self.partition_of(&id);
+        let (reply, answer) = oneshot::channel();
+        self.shared.queries[p as usize]
+            .try_send(Query::Transfer { id, reply })
+            .map_err(|_| ErrorCode::ServiceUnavailable)?;
+        let view = answer.await.map_err(|_| ErrorCode::ServiceUnavailable)?;
+        match view {
+            None => Err(ErrorCode::TransferNotFound),
+            Some(view) if view.payer != source && view.payee != source => Err(ErrorCode::GenericClient),
+            Some(view) => Ok(view),
+        }
+    }
+
+    /// Runs an admin command where it belongs and waits for its result.
+    pub async fn admin(&self, now_ms: TimestampMs, admin: Admin) -> Result<(), (ErrorCode, String)> {
+        let request_id = self.shared.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, done) = oneshot::channel();
+        lock(&self.shared.admin_waiters).insert(request_id, reply);
+        let targets: Vec<u32> = match &admin {
+            Admin::CreateAccount { .. } | Admin::SetActive { .. } => (0..self.shared.partitions).collect(),
+            Admin::InitialPositionAndLimits { account, .. }
+            | Admin::SetNdc { account, .. }
+            | Admin::FundsIn { account, .. }
+            | Admin::FundsOutReserve { account, .. }
+            | Admin::FundsOutCommit { account, .. }
+            | Admin::FundsOutAbort { account, .. } => vec![home_of(account, self.shared.partitions)],
+        };
+        let unavailable = |e: SubmitError| (ErrorCode::ServiceUnavailable, e.to_string());
+        for p in targets {
+            let command = Command::Admin { now_ms, request_id, admin: admin.clone() };
+            if let Err(e) = self.submit(p, command).await {
+                lock(&self.shared.admin_waiters).remove(&request_id);
+                return Err(unavailable(e));
+            }
+        }
+        match done.await {
+            Ok((None, _)) => Ok(()),
+            Ok((Some(code), message)) => Err((code, message)),
+            Err(_) => Err((ErrorCode::ServiceUnavailable, "the hub is shutting down".into())),
+        }
+    }
+
+    /// An account's figures summed over every partition; `None` if it does not exist.
+    pub async fn account(&self, account: AccountKey) -> Option<AccountView> {
+        let mut view = AccountView {
+            account,
+            active: false,
+            position: 0,
+            reserved: 0,
+            ndc: 0,
+            liquidity_cover: 0,
+            limits_set: false,
+        };
+        let mut known = false;
+        for query in &self.shared.queries {
+            let (reply, answer) = oneshot::channel();
+            query.send(Query::Account { account, reply }).await.ok()?;
+            let figures = answer.await.ok()??;
+            known |= figures.known;
+            view.active = figures.active;
+            view.position += figures.position;
+            view.reserved += figures.reserved;
+            if let Some((ndc, cover, base, limits_set)) = figures.bank {
+                view.ndc = ndc;
+                view.liquidity_cover = cover;
+                view.position += base;
+                view.limits_set = limits_set;
+            }
+        }
+        known.then_some(view)
+    }
+
+    pub fn partitions(&self) -> Vec<PartitionStatus> {
+        (0..self.shared.partitions)
+            .map(|p| {
+                let stats = &self.shared.stats[p as usize];
+                let sender = &self.shared.clients[p as usize];
+                PartitionStatus {
+                    partition: p,
+                    owner: "local".to_string(),
+                    epoch: stats.epoch.load(Ordering::Relaxed),
+                    committed_batch: stats.committed_batch.load(Ordering::Relaxed),
+                    queue_depth: sender.max_capacity() - sender.capacity(),
+                    applied_commands: stats.applied_commands.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+
+    pub fn metrics(&self) -> EngineMetrics {
+        let s = &self.shared;
+        EngineMetrics {
+            fsyncs: s.store.fsyncs(),
+            batches: s.batches.load(Ordering::Relaxed),
+            commands: s.stats.iter().map(|st| st.applied_commands.load(Ordering::Relaxed)).sum(),
+            parked_prepares: s.stats.iter().map(|st| st.parked.load(Ordering::Relaxed) as u64).sum(),
+            flush_latency_us_total: s.flush_latency_us_total.load(Ordering::Relaxed),
+            denials: s.denials.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Durable key-value store for the gateway's participant registry.
+    pub async fn registry_put(&self, key: &str, value: Vec<u8>) -> Result<(), EngineError> {
+        self.shared.store.registry_put(key, &value)?;
+        self.sync().await
+    }
+
+    pub fn registry_get(&self, key: &str) -> Result<Option<Vec<u8>>, EngineError> {
+        self.shared.store.registry_get(key)
+    }
+
+    pub fn registry_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, EngineError> {
+        self.shared.store.registry_scan(prefix)
+    }
+
+    async fn sync(&self) -> Result<(), EngineError> {
+        request_sync(&self.shared).await.map(|_| ())
+    }
+
+    /// Stops taking commands, lets every actor finish its batch, flushes, and waits.
+    pub async fn shutdown(&self) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        let tasks = std::mem::take(&mut *lock(&self.shared.tasks));
+        for task in tasks {
+            let _ = task.await;
+        }
+        let _ = self.sync().await;
+        info!("engine stopped");
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock means another thread panicked mid-update; the engine stops anyway.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn request_sync(shared: &Shared) -> Result<u64, EngineError> {
+    let (reply, done) = oneshot::channel();
+    shared.syncer.send(reply).await.map_err(|_| EngineError::ShuttingDown)?;
+    let started = std::time::Instant::now();
+    let result = done.await.map_err(|_| EngineError::ShuttingDown)?;
+    shared.flush_latency_us_total.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    result.map_err(EngineError::Storage)
+}
+
+/// Group commit across partitions: every request that arrived while the previous sync ran
+/// is covered by the next one.
+fn run_syncer(store: Arc<dyn Storage>, mut requests: mpsc::Receiver<oneshot::Sender<Result<u64, String>>>) {
+    while let Some(first) = requests.blocking_recv() {
+        let mut waiting = vec![first];
+        while let Ok(more) = requests.try_recv() {
+            waiting.push(more);
+        }
+        let result = store.sync().map(|_| store.fsyncs()).map_err(|e| e.to_string());
+        for reply in waiting {
+            let _ = reply.send(result.clone());
+        }
+    }
+}
+
+/// Finished transfers of one batch, for the archiver.
+struct ArchiveJob {
+    partition: u32,
+    batch_seq: u64,
+    records: Vec<FinishedTransfer>,
+}
+
+fn run_archiver(
+    store: Arc<dyn Storage>,
+    mut jobs: mpsc::Receiver<ArchiveJob>,
+    shared: std::sync::Weak<Shared>,
+    retention_ms: i64,
+) {
+    let mut last_prune = std::time::Instant::now();
+    while let Some(job) = jobs.blocking_recv() {
+        if let Err(e) = store.archive(&job.records) {
+            error!(error = %e, "archiving finished transfers failed; stopping the archiver");
+            return;
+        }
+        match shared.upgrade() {
+            Some(shared) => shared.archived_upto[job.partition as usize].store(job.batch_seq, Ordering::Release),
+            None => return,
+        }
+        if last_prune.elapsed() >= Duration::from_millis(PRUNE_INTERVAL_MS) {
+            last_prune = std::time::Instant::now();
+            if let Err(e) = store.prune_finished(now_ms() - retention_ms, PRUNE_SCAN_MAX) {
+                error!(error = %e, "retention pass failed");
+            }
+        }
+    }
+}
+
+/// A partition as recovered from storage.
+struct Recovered {
+    state: PartitionState,
+    unconfirmed: BTreeMap<(u32, u64), Outgoing>,
+    republish: Vec<Event>,
+    snapshot_batch: u64,
+}
+
+/// Snapshot + replay of the WAL after it. Replaying gives the same outputs the original
+/// run gave: its messages are re-sent (receivers drop duplicates), its finished transfers
+/// re-archived, its events republished (callbacks are at least once).
+fn recover(store: &dyn Storage, partition: u32, partitions: u32, limits: &Limits) -> Result<Recovered, EngineError> {
+    let (mut state, mut unconfirmed, snapshot_batch) = match store.load_snapshot(partition)? {
+        Some(snapshot) => {
+            let state = PartitionState::from_snapshot(&snapshot.state, limits.clone()).map_err(|e| {
+                EngineError::Corrupt { partition, what: format!("snap/{}", snapshot.batch_seq), detail: e.to_string() }
+            })?;
+            if state.partition != partition || state.partitions != partitions {
+                return Err(EngineError::Corrupt {
+                    partition,
+                    what: "snapshot".into(),
+                    detail: "belongs to another partition".into(),
+                });
+            }
+            let unconfirmed = snapshot.unconfirmed.into_iter().map(|o| ((o.to, o.seq), o)).collect();
+            store.archive(&snapshot.unarchived)?;
+            (state, unconfirmed, snapshot.batch_seq)
+        }
+        None => (PartitionState::new(partition, partitions, limits.clone()), BTreeMap::new(), 0),
+    };
+    let mut republish = Vec::new();
+    for record in store.batches_after(partition, state.batch_seq)? {
+        if record.batch_seq != state.batch_seq + 1 {
+            return Err(EngineError::Corrupt {
+                partition,
+                what: format!("wal/{}", record.batch_seq),
+                detail: format!("expected batch {}", state.batch_seq + 1),
+            });
+        }
+        let inputs = record.inputs.into_iter().map(|(command, prior)| Input { command, prior }).collect();
+        let output = state.apply_batch(inputs);
+        for message in output.messages {
+            unconfirmed.insert((message.to, message.seq), message);
+        }
+        store.archive(&output.finished)?;
+        republish.extend(output.events.into_iter().filter(|e| !matches!(e, Event::AdminDone { .. })));
+    }
+    state.audit();
+    info!(partition, batch = state.batch_seq, "partition recovered");
+    Ok(Recovered { state, unconfirmed, republish, snapshot_batch })
+}
+
+struct Actor {
+    partition: u32,
+    epoch: u64,
+    shared: Arc<Shared>,
+    state: PartitionState,
+    /// Messages sent whose receiver has not yet made them durable (re-sent after a crash).
+    unconfirmed: BTreeMap<(u32, u64), Outgoing>,
+    /// Finished transfers not yet known to be archived, for duplicate checks and GET.
+    finished_cache: HashMap<TransferId, FinishedTransfer>,
+    finished_order: VecDeque<(u64, Vec<TransferId>)>,
+    events: mpsc::Sender<Event>,
+    client_rx: mpsc::Receiver<ClientRequest>,
+    peer_rx: mpsc::UnboundedReceiver<Command>,
+    query_rx: mpsc::Receiver<Query>,
+    last_snapshot_batch: u64,
+}
+
+impl Actor {
+    async fn run(mut self, republish: Vec<Event>) {
+        // Re-send what the receivers may not have made durable before the restart.
+        for message in self.unconfirmed.values() {
+            self.deliver(message);
+        }
+        for event in republish {
+            if self.events.send(event).await.is_err() {
+                break;
+            }
+        }
+        let batch_max = self.shared.limits.batch_size_max.max(1);
+        loop {
+            let stopping = self.shared.shutting_down.load(Ordering::Relaxed);
+            let mut commands: Vec<Command> = Vec::new();
+            let mut replies: Vec<oneshot::Sender<()>> = Vec::new();
+            // Peer messages and ticks first: they unblock parked work elsewhere.
+            while commands.len() < batch_max {
+                match self.peer_rx.try_recv() {
+                    Ok(command) => commands.push(command),
+                    Err(_) => break,
+                }
+            }
+            while commands.len() < batch_max {
+                match self.client_rx.try_recv() {
+                    Ok(request) => {
+                        commands.push(request.command);
+                        replies.extend(request.reply);
+                    }
+                    Err(_) => break,
+                }
+            }
+            while let Ok(query) = self.query_rx.try_recv() {
+                self.answer(query);
+            }
+            if commands.is_empty() {
+                if stopping {
+                    break;
+                }
+                // Nothing to do: sleep until something arrives.
+                tokio::select! {
+                    Some(command) = self.peer_rx.recv() => commands.push(command),
+                    Some(request) = self.client_rx.recv() => {
+                        commands.push(request.command);
+                        replies.extend(request.reply);
+                    }
+                    Some(query) = self.query_rx.recv() => { self.answer(query); continue; }
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                }
+                self.wait_for_more(&mut commands, &mut replies, batch_max).await;
+            }
+            if let Err(e) = self.commit(commands, replies).await {
+                error!(partition = self.partition, error = %e, "partition stopped");
+                return;
+            }
+        }
+    }
+
+    /// Group commit: wait up to `batch_wait_us` for more commands after the first.
+    async fn wait_for_more(&mut self, commands: &mut Vec<Command>, replies: &mut Vec<oneshot::Sender<()>>, batch_max: usize) {
+        let wait = Duration::from_micros(self.shared.limits.batch_wait_us);
+        let deadline = tokio::time::Instant::now() + wait;
+        while commands.len() < batch_max {
+            match self.client_rx.try_recv() {
+                Ok(request) => {
+                    commands.push(request.command);
+                    replies.extend(request.reply);
+                    continue;
+                }
+                Err(_) if tokio::time::Instant::now() >= deadline => break,
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+    }
+
+    fn answer(&self, query: Query) {
+        match query {
+            Query::Transfer { id, reply } => {
+                let view = if let Some(open) = self.state.transfers.get(&id) {
+                    Some(TransferView {
+                        transfer_id: id,
+                        payer: open.parties.payer,
+                        payee: open.parties.payee,
+                        state: if open.reserved { TransferState::Reserved } else { TransferState::Received },
+                        fulfilment: None,
+                        completed_ms: None,
+                    })
+                } else {
+                    self.lookup_finished(&id).map(|record| TransferView {
+                        transfer_id: id,
+                        payer: record.parties.payer,
+                        payee: record.parties.payee,
+                        state: record.state,
+                        fulfilment: record.fulfilment,
+                        completed_ms: record.completed_ms,
+                    })
+                };
+                let _ = reply.send(view);
+            }
+            Query::Account { account, reply } => {
+                let mut figures = SliceFigures {
+                    active: self.state.participants.get(&account.fsp).is_some_and(|f| f.active),
+                    ..SliceFigures::default()
+                };
+                if let Some(entry) = self.state.accounts.get(&account) {
+                    figures.known = true;
+                    figures.position = entry.slice.position;
+                    figures.reserved = entry.slice.reserved;
+                    figures.bank = entry.bank.as_ref().map(|b| (b.ndc, b.cover(), b.base_position, b.limits_set));
+                }
+                let _ = reply.send(Some(figures));
+            }
+        }
+    }
+
+    fn lookup_finished(&self, id: &TransferId) -> Option<FinishedTransfer> {
+        if let Some(record) = self.finished_cache.get(id) {
+            return Some(record.clone());
+        }
+        match self.shared.store.finished(id) {
+            Ok(record) => record,
+            Err(e) => {
+                error!(error = %e, "reading an archived transfer failed");
+                None
+            }
+        }
+    }
+
+    async fn commit(&mut self, commands: Vec<Command>, replies: Vec<oneshot::Sender<()>>) -> Result<(), EngineError> {
+        let count = commands.len();
+        let mut inputs = Vec::with_capacity(count);
+        for command in commands {
+            if matches!(command, Command::Tick { .. }) {
+                self.shared.stats[self.partition as usize].tick_pending.store(false, Ordering::Release);
+            }
+            let prior = match command.transfer_id() {
+                Some(id) if !self.state.is_open(&id) => self.lookup_finished(&id),
+                _ => None,
+            };
+            inputs.push(Input { command, prior });
+        }
+        let record_inputs: Vec<_> = inputs.iter().map(|i| (i.command.clone(), i.prior.clone())).collect();
+        let output = self.state.apply_batch(inputs);
+        if cfg!(debug_assertions) {
+            self.state.audit();
+        }
+        let record = WalRecord { batch_seq: self.state.batch_seq, epoch: self.epoch, inputs: record_inputs };
+        self.shared.store.append_batch(self.partition, &record)?;
+        request_sync(&self.shared).await?;
+
+        // Durable: release everything.
+        let stats = &self.shared.stats[self.partition as usize];
+        stats.committed_batch.store(self.state.batch_seq, Ordering::Relaxed);
+        stats.applied_commands.fetch_add(count as u64, Ordering::Relaxed);
+        stats.last_batch_size.store(count as u64, Ordering::Relaxed);
+        stats.parked.store(self.state.parked_count, Ordering::Relaxed);
+        self.shared.batches.fetch_add(1, Ordering::Relaxed);
+        self.shared.denials.fetch_add(output.denials.len() as u64, Ordering::Relaxed);
+        self.publish_confirmations();
+        for message in output.messages {
+            self.deliver(&message);
+            self.unconfirmed.insert((message.to, message.seq), message);
+        }
+        if !output.finished.is_empty() {
+            let ids: Vec<TransferId> = output.finished.iter().map(|r| r.parties.transfer_id).collect();
+            for record in &output.finished {
+                self.finished_cache.insert(record.parties.transfer_id, record.clone());
+            }
+            self.finished_order.push_back((self.state.batch_seq, ids));
+            let job = ArchiveJob { partition: self.partition, batch_seq: self.state.batch_seq, records: output.finished };
+            // A full archiver queue slows this partition down instead of growing memory.
+            self.shared.archiver.send(job).await.map_err(|_| EngineError::Storage("archiver stopped".into()))?;
+        }
+        for reply in replies {
+            let _ = reply.send(());
+        }
+        for event in output.events {
+            if let Event::AdminDone { request_id, code, message } = &event {
+                if let Some(waiter) = lock(&self.shared.admin_waiters).remove(request_id) {
+                    let _ = waiter.send((*code, message.clone()));
+                }
+                continue;
+            }
+            if self.events.send(event).await.is_err() {
+                return Err(EngineError::ShuttingDown);
+            }
+        }
+        self.trim_finished_cache();
+        if self.state.batch_seq - self.last_snapshot_batch >= self.shared.limits.snapshot_every_batches {
+            self.snapshot()?;
+        }
+        Ok(())
+    }
+
+    /// Sends a message into the receiver's log (its peer lane).
+    fn deliver(&self, message: &Outgoing) {
+        let command = Command::Peer { from: self.partition, seq: message.seq, message: message.message.clone() };
+        let _ = self.shared.peers[message.to as usize].send(command);
+    }
+
+    /// Tells senders how far this partition has durably applied their messages.
+    fn publish_confirmations(&mut self) {
+        let n = self.shared.partitions as usize;
+        for (from, inbound) in &self.state.inbound {
+            self.shared.confirmed[self.partition as usize * n + *from as usize]
+                .store(inbound.watermark, Ordering::Release);
+        }
+        let confirmed = &self.shared.confirmed;
+        let me = self.partition as usize;
+        self.unconfirmed.retain(|(to, seq), _| *seq > confirmed[*to as usize * n + me].load(Ordering::Acquire));
+    }
+
+    /// Drops cached finished transfers once the archiver has written them; waits for the
+    /// archiver when the cache is over its bound.
+    fn trim_finished_cache(&mut self) {
+        let archived = self.shared.archived_upto[self.partition as usize].load(Ordering::Acquire);
+        while let Some((batch, _)) = self.finished_order.front() {
+            if *batch > archived {
+                break;
+            }
+            let (_, ids) = self.finished_order.pop_front().expect("front exists");
+            for id in ids {
+                self.finished_cache.remove(&id);
+            }
+        }
+    }
+
+    /// Writes a snapshot and drops the WAL before it.
+    fn snapshot(&mut self) -> Result<(), EngineError> {
+        let snapshot = SnapshotRecord {
+            batch_seq: self.state.batch_seq,
+            state: self.state.snapshot_bytes(),
+            unconfirmed: self.unconfirmed.values().cloned().collect(),
+            // Finished transfers the archiver may not have written yet: recovery writes them.
+            unarchived: self.finished_cache.values().cloned().collect(),
+        };
+        self.shared.store.write_snapshot(self.partition, &snapshot)?;
+        self.shared.store.truncate_batches(self.partition, snapshot.batch_seq)?;
+        self.last_snapshot_batch = snapshot.batch_seq;
+        Ok(())
+    }
+}

@@ -11,7 +11,8 @@ pub const FSP_ID_LEN_MAX: usize = 32;
 pub const TRANSFER_ID_LEN_MAX: usize = 36;
 
 /// A participant (DFSP or hub) name: 1..=32 printable ASCII characters, no whitespace.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// Serialised as its string, so stored records stay small.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FspId {
     len: u8,
     bytes: [u8; FSP_ID_LEN_MAX],
@@ -37,6 +38,19 @@ impl FspId {
     pub fn as_str(&self) -> &str {
         // Only ASCII bytes are ever stored (checked in `new`).
         std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+impl Serialize for FspId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for FspId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<FspId, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        FspId::new(&text).ok_or_else(|| serde::de::Error::custom("malformed participant name"))
     }
 }
 

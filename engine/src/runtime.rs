@@ -17,12 +17,15 @@
 //! (`parked_prepares_max`), one recall per account per round and one answer per recall, and
 //! at most one tick is pending per partition.
 
-use crate::command::{Admin, Command, ErrorCode, Event, FinishedTransfer, Fulfil, Prepare, Reject, TimestampMs, TransferState};
+use crate::command::{
+    Admin, Command, ErrorCode, Event, FinishedTransfer, Fulfil, Prepare, Reject, TimestampMs,
+    TransferState,
+};
 use crate::ids::{AccountKey, FspId, TransferId};
 use crate::limits::Limits;
 use crate::machine::account::Money;
 use crate::machine::{home_of, Input, Outgoing, PartitionState};
-use crate::storage::{SnapshotRecord, Storage, Store, WalRecord};
+use crate::storage::{encode_batch, SnapshotRecord, Storage, Store, WalRecordRef};
 use crate::EngineError;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -111,8 +114,14 @@ struct ClientRequest {
 }
 
 enum Query {
-    Transfer { id: TransferId, reply: oneshot::Sender<Option<TransferView>> },
-    Account { account: AccountKey, reply: oneshot::Sender<Option<SliceFigures>> },
+    Transfer {
+        id: TransferId,
+        reply: oneshot::Sender<Option<TransferView>>,
+    },
+    Account {
+        account: AccountKey,
+        reply: oneshot::Sender<Option<SliceFigures>>,
+    },
 }
 
 /// One partition's part of an account.
@@ -171,7 +180,10 @@ const PRUNE_SCAN_MAX: usize = 100_000;
 const PRUNE_INTERVAL_MS: u64 = 60_000;
 
 pub fn now_ms() -> TimestampMs {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 impl Hub {
@@ -186,8 +198,11 @@ impl Hub {
             )));
         }
         let limits = config.limits.clone();
-        let store: Arc<dyn Storage> =
-            Arc::new(Store::open(&config.data_dir, config.partitions, limits.sled_cache_bytes)?);
+        let store: Arc<dyn Storage> = Arc::new(Store::open(
+            &config.data_dir,
+            config.partitions,
+            limits.sled_cache_bytes,
+        )?);
         Hub::open_with_store(store, config.partitions, limits)
     }
 
@@ -244,7 +259,10 @@ impl Hub {
             shutting_down: AtomicBool::new(false),
             syncer: sync_tx,
             archiver: archive_tx,
-            archived_upto: recovered.iter().map(|r| AtomicU64::new(r.state.batch_seq)).collect(),
+            archived_upto: recovered
+                .iter()
+                .map(|r| AtomicU64::new(r.state.batch_seq))
+                .collect(),
             batches: AtomicU64::new(0),
             flush_latency_us_total: AtomicU64::new(0),
             denials: AtomicU64::new(0),
@@ -271,7 +289,9 @@ impl Hub {
         *lock(&shared.archiver_thread) = Some(archiver);
 
         // 4. The actors.
-        let hub = Hub { shared: shared.clone() };
+        let hub = Hub {
+            shared: shared.clone(),
+        };
         let mut tasks = Vec::new();
         for (p, (((rec, client_rx), peer_rx), query_rx)) in recovered
             .into_iter()
@@ -282,7 +302,9 @@ impl Hub {
         {
             let epoch = epochs[p];
             shared.stats[p].epoch.store(epoch, Ordering::Relaxed);
-            shared.stats[p].committed_batch.store(rec.state.batch_seq, Ordering::Relaxed);
+            shared.stats[p]
+                .committed_batch
+                .store(rec.state.batch_seq, Ordering::Relaxed);
             let actor = Actor {
                 partition: p as u32,
                 epoch,
@@ -318,7 +340,9 @@ impl Hub {
     }
 
     async fn run_ticker(&self) {
-        let mut interval = tokio::time::interval(Duration::from_millis(self.shared.limits.tick_interval_ms.max(1)));
+        let mut interval = tokio::time::interval(Duration::from_millis(
+            self.shared.limits.tick_interval_ms.max(1),
+        ));
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             interval.tick().await;
@@ -328,7 +352,10 @@ impl Hub {
             let now = now_ms();
             for (p, peer) in self.shared.peers.iter().enumerate() {
                 // At most one tick pending per partition keeps the peer lane bounded.
-                if !self.shared.stats[p].tick_pending.swap(true, Ordering::AcqRel) {
+                if !self.shared.stats[p]
+                    .tick_pending
+                    .swap(true, Ordering::AcqRel)
+                {
                     let _ = peer.send(Command::Tick { now_ms: now });
                 }
             }
@@ -342,11 +369,33 @@ impl Hub {
         }
         let (reply, done) = oneshot::channel();
         let sender = &self.shared.clients[partition as usize];
-        sender.try_send(ClientRequest { command, reply: Some(reply) }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded { partition },
-            mpsc::error::TrySendError::Closed(_) => SubmitError::ShuttingDown,
-        })?;
+        sender
+            .try_send(ClientRequest {
+                command,
+                reply: Some(reply),
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded { partition },
+                mpsc::error::TrySendError::Closed(_) => SubmitError::ShuttingDown,
+            })?;
         done.await.map_err(|_| SubmitError::ShuttingDown)
+    }
+
+    /// Appends a command to its partition's mailbox without waiting: the results arrive
+    /// as events only. Fails at once with `Overloaded` when the mailbox is full.
+    pub fn enqueue(&self, partition: u32, command: Command) -> Result<(), SubmitError> {
+        if self.shared.shutting_down.load(Ordering::Relaxed) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        self.shared.clients[partition as usize]
+            .try_send(ClientRequest {
+                command,
+                reply: None,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded { partition },
+                mpsc::error::TrySendError::Closed(_) => SubmitError::ShuttingDown,
+            })
     }
 
     /// The partition that owns a transfer.
@@ -370,7 +419,11 @@ impl Hub {
     }
 
     /// GET /transfers/{id}: `Err(3208)` unknown, `Err(3000)` when `source` is neither party.
-    pub async fn get_transfer(&self, id: TransferId, source: FspId) -> Result<TransferView, ErrorCode> {
+    pub async fn get_transfer(
+        &self,
+        id: TransferId,
+        source: FspId,
+    ) -> Result<TransferView, ErrorCode> {
         let p = self.partition_of(&id);
         let (reply, answer) = oneshot::channel();
         self.shared.queries[p as usize]
@@ -379,28 +432,42 @@ impl Hub {
         let view = answer.await.map_err(|_| ErrorCode::ServiceUnavailable)?;
         match view {
             None => Err(ErrorCode::TransferNotFound),
-            Some(view) if view.payer != source && view.payee != source => Err(ErrorCode::GenericClient),
+            Some(view) if view.payer != source && view.payee != source => {
+                Err(ErrorCode::GenericClient)
+            }
             Some(view) => Ok(view),
         }
     }
 
     /// Runs an admin command where it belongs and waits for its result.
-    pub async fn admin(&self, now_ms: TimestampMs, admin: Admin) -> Result<(), (ErrorCode, String)> {
+    pub async fn admin(
+        &self,
+        now_ms: TimestampMs,
+        admin: Admin,
+    ) -> Result<(), (ErrorCode, String)> {
         let request_id = self.shared.next_request_id.fetch_add(1, Ordering::Relaxed);
         let (reply, done) = oneshot::channel();
         lock(&self.shared.admin_waiters).insert(request_id, reply);
         let targets: Vec<u32> = match &admin {
-            Admin::CreateAccount { .. } | Admin::SetActive { .. } => (0..self.shared.partitions).collect(),
+            Admin::CreateAccount { .. } | Admin::SetActive { .. } => {
+                (0..self.shared.partitions).collect()
+            }
             Admin::InitialPositionAndLimits { account, .. }
             | Admin::SetNdc { account, .. }
             | Admin::FundsIn { account, .. }
             | Admin::FundsOutReserve { account, .. }
             | Admin::FundsOutCommit { account, .. }
-            | Admin::FundsOutAbort { account, .. } => vec![home_of(account, self.shared.partitions)],
+            | Admin::FundsOutAbort { account, .. } => {
+                vec![home_of(account, self.shared.partitions)]
+            }
         };
         let unavailable = |e: SubmitError| (ErrorCode::ServiceUnavailable, e.to_string());
         for p in targets {
-            let command = Command::Admin { now_ms, request_id, admin: admin.clone() };
+            let command = Command::Admin {
+                now_ms,
+                request_id,
+                admin: admin.clone(),
+            };
             if let Err(e) = self.submit(p, command).await {
                 lock(&self.shared.admin_waiters).remove(&request_id);
                 return Err(unavailable(e));
@@ -409,7 +476,10 @@ impl Hub {
         match done.await {
             Ok((None, _)) => Ok(()),
             Ok((Some(code), message)) => Err((code, message)),
-            Err(_) => Err((ErrorCode::ServiceUnavailable, "the hub is shutting down".into())),
+            Err(_) => Err((
+                ErrorCode::ServiceUnavailable,
+                "the hub is shutting down".into(),
+            )),
         }
     }
 
@@ -465,8 +535,16 @@ impl Hub {
         EngineMetrics {
             fsyncs: s.store.fsyncs(),
             batches: s.batches.load(Ordering::Relaxed),
-            commands: s.stats.iter().map(|st| st.applied_commands.load(Ordering::Relaxed)).sum(),
-            parked_prepares: s.stats.iter().map(|st| st.parked.load(Ordering::Relaxed) as u64).sum(),
+            commands: s
+                .stats
+                .iter()
+                .map(|st| st.applied_commands.load(Ordering::Relaxed))
+                .sum(),
+            parked_prepares: s
+                .stats
+                .iter()
+                .map(|st| st.parked.load(Ordering::Relaxed) as u64)
+                .sum(),
             flush_latency_us_total: s.flush_latency_us_total.load(Ordering::Relaxed),
             denials: s.denials.load(Ordering::Relaxed),
         }
@@ -504,27 +582,41 @@ impl Hub {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A poisoned lock means another thread panicked mid-update; the engine stops anyway.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 async fn request_sync(shared: &Shared) -> Result<u64, EngineError> {
     let (reply, done) = oneshot::channel();
-    shared.syncer.send(reply).await.map_err(|_| EngineError::ShuttingDown)?;
+    shared
+        .syncer
+        .send(reply)
+        .await
+        .map_err(|_| EngineError::ShuttingDown)?;
     let started = std::time::Instant::now();
     let result = done.await.map_err(|_| EngineError::ShuttingDown)?;
-    shared.flush_latency_us_total.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    shared
+        .flush_latency_us_total
+        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     result.map_err(EngineError::Storage)
 }
 
 /// Group commit across partitions: every request that arrived while the previous sync ran
 /// is covered by the next one.
-fn run_syncer(store: Arc<dyn Storage>, mut requests: mpsc::Receiver<oneshot::Sender<Result<u64, String>>>) {
+fn run_syncer(
+    store: Arc<dyn Storage>,
+    mut requests: mpsc::Receiver<oneshot::Sender<Result<u64, String>>>,
+) {
     while let Some(first) = requests.blocking_recv() {
         let mut waiting = vec![first];
         while let Ok(more) = requests.try_recv() {
             waiting.push(more);
         }
-        let result = store.sync().map(|_| store.fsyncs()).map_err(|e| e.to_string());
+        let result = store
+            .sync()
+            .map(|_| store.fsyncs())
+            .map_err(|e| e.to_string());
         for reply in waiting {
             let _ = reply.send(result.clone());
         }
@@ -551,7 +643,9 @@ fn run_archiver(
             return;
         }
         match shared.upgrade() {
-            Some(shared) => shared.archived_upto[job.partition as usize].store(job.batch_seq, Ordering::Release),
+            Some(shared) => {
+                shared.archived_upto[job.partition as usize].store(job.batch_seq, Ordering::Release)
+            }
             None => return,
         }
         if last_prune.elapsed() >= Duration::from_millis(PRUNE_INTERVAL_MS) {
@@ -574,25 +668,42 @@ struct Recovered {
 /// Snapshot + replay of the WAL after it. Replaying gives the same outputs the original
 /// run gave: its messages are re-sent (receivers drop duplicates), its finished transfers
 /// re-archived, its events republished (callbacks are at least once).
-fn recover(store: &dyn Storage, partition: u32, partitions: u32, limits: &Limits) -> Result<Recovered, EngineError> {
-    let (mut state, mut unconfirmed, snapshot_batch) = match store.load_snapshot(partition)? {
-        Some(snapshot) => {
-            let state = PartitionState::from_snapshot(&snapshot.state, limits.clone()).map_err(|e| {
-                EngineError::Corrupt { partition, what: format!("snap/{}", snapshot.batch_seq), detail: e.to_string() }
-            })?;
-            if state.partition != partition || state.partitions != partitions {
-                return Err(EngineError::Corrupt {
-                    partition,
-                    what: "snapshot".into(),
-                    detail: "belongs to another partition".into(),
-                });
+fn recover(
+    store: &dyn Storage,
+    partition: u32,
+    partitions: u32,
+    limits: &Limits,
+) -> Result<Recovered, EngineError> {
+    let (mut state, mut unconfirmed, snapshot_batch) =
+        match store.load_snapshot(partition)? {
+            Some(snapshot) => {
+                let state = PartitionState::from_snapshot(&snapshot.state, limits.clone())
+                    .map_err(|e| EngineError::Corrupt {
+                        partition,
+                        what: format!("snap/{}", snapshot.batch_seq),
+                        detail: e.to_string(),
+                    })?;
+                if state.partition != partition || state.partitions != partitions {
+                    return Err(EngineError::Corrupt {
+                        partition,
+                        what: "snapshot".into(),
+                        detail: "belongs to another partition".into(),
+                    });
+                }
+                let unconfirmed = snapshot
+                    .unconfirmed
+                    .into_iter()
+                    .map(|o| ((o.to, o.seq), o))
+                    .collect();
+                store.archive(&snapshot.unarchived)?;
+                (state, unconfirmed, snapshot.batch_seq)
             }
-            let unconfirmed = snapshot.unconfirmed.into_iter().map(|o| ((o.to, o.seq), o)).collect();
-            store.archive(&snapshot.unarchived)?;
-            (state, unconfirmed, snapshot.batch_seq)
-        }
-        None => (PartitionState::new(partition, partitions, limits.clone()), BTreeMap::new(), 0),
-    };
+            None => (
+                PartitionState::new(partition, partitions, limits.clone()),
+                BTreeMap::new(),
+                0,
+            ),
+        };
     let mut republish = Vec::new();
     for record in store.batches_after(partition, state.batch_seq)? {
         if record.batch_seq != state.batch_seq + 1 {
@@ -602,17 +713,31 @@ fn recover(store: &dyn Storage, partition: u32, partitions: u32, limits: &Limits
                 detail: format!("expected batch {}", state.batch_seq + 1),
             });
         }
-        let inputs = record.inputs.into_iter().map(|(command, prior)| Input { command, prior }).collect();
+        let inputs = record
+            .inputs
+            .into_iter()
+            .map(|(command, prior)| Input { command, prior })
+            .collect();
         let output = state.apply_batch(inputs);
         for message in output.messages {
             unconfirmed.insert((message.to, message.seq), message);
         }
         store.archive(&output.finished)?;
-        republish.extend(output.events.into_iter().filter(|e| !matches!(e, Event::AdminDone { .. })));
+        republish.extend(
+            output
+                .events
+                .into_iter()
+                .filter(|e| !matches!(e, Event::AdminDone { .. })),
+        );
     }
     state.audit();
     info!(partition, batch = state.batch_seq, "partition recovered");
-    Ok(Recovered { state, unconfirmed, republish, snapshot_batch })
+    Ok(Recovered {
+        state,
+        unconfirmed,
+        republish,
+        snapshot_batch,
+    })
 }
 
 struct Actor {
@@ -632,6 +757,41 @@ struct Actor {
     last_snapshot_batch: u64,
 }
 
+/// A batch applied and written, waiting for its fsync before anything of it is released.
+struct InFlight {
+    done: oneshot::Receiver<Result<u64, String>>,
+    batch_seq: u64,
+    count: usize,
+    output: crate::machine::Output,
+    replies: Vec<oneshot::Sender<()>>,
+    /// Read answers computed from a state that includes this batch.
+    answers: Vec<Answer>,
+    requested: std::time::Instant,
+}
+
+/// A query answer held back until the state it was read from is durable.
+enum Answer {
+    Transfer(oneshot::Sender<Option<TransferView>>, Option<TransferView>),
+    Account(oneshot::Sender<Option<SliceFigures>>, Option<SliceFigures>),
+}
+
+impl Answer {
+    fn send(self) {
+        match self {
+            Answer::Transfer(reply, view) => {
+                let _ = reply.send(view);
+            }
+            Answer::Account(reply, figures) => {
+                let _ = reply.send(figures);
+            }
+        }
+    }
+}
+
+/// Batches applied ahead of durability, per partition: batch k+1 is applied while batch
+/// k is being synced.
+const PIPELINE_DEPTH_MAX: usize = 2;
+
 impl Actor {
     async fn run(mut self, republish: Vec<Event>) {
         // Re-send what the receivers may not have made durable before the restart.
@@ -644,6 +804,7 @@ impl Actor {
             }
         }
         let batch_max = self.shared.limits.batch_size_max.max(1);
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         loop {
             let stopping = self.shared.shutting_down.load(Ordering::Relaxed);
             let mut commands: Vec<Command> = Vec::new();
@@ -665,9 +826,20 @@ impl Actor {
                 }
             }
             while let Ok(query) = self.query_rx.try_recv() {
-                self.answer(query);
+                let answer = self.answer(query);
+                match in_flight.back_mut() {
+                    Some(last) => last.answers.push(answer),
+                    None => answer.send(),
+                }
             }
             if commands.is_empty() {
+                if let Some(oldest) = in_flight.pop_front() {
+                    if let Err(e) = self.release(oldest).await {
+                        error!(partition = self.partition, error = %e, "partition stopped");
+                        return;
+                    }
+                    continue;
+                }
                 if stopping {
                     break;
                 }
@@ -678,20 +850,44 @@ impl Actor {
                         commands.push(request.command);
                         replies.extend(request.reply);
                     }
-                    Some(query) = self.query_rx.recv() => { self.answer(query); continue; }
+                    Some(query) = self.query_rx.recv() => { self.answer(query).send(); continue; }
                     _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
                 }
-                self.wait_for_more(&mut commands, &mut replies, batch_max).await;
+                self.wait_for_more(&mut commands, &mut replies, batch_max)
+                    .await;
             }
-            if let Err(e) = self.commit(commands, replies).await {
-                error!(partition = self.partition, error = %e, "partition stopped");
-                return;
+            match self.stage(commands, replies).await {
+                Ok(entry) => in_flight.push_back(entry),
+                Err(e) => {
+                    error!(partition = self.partition, error = %e, "partition stopped");
+                    return;
+                }
+            }
+            let snapshot_due = self.state.batch_seq - self.last_snapshot_batch
+                >= self.shared.limits.snapshot_every_batches;
+            while in_flight.len() >= PIPELINE_DEPTH_MAX || (snapshot_due && !in_flight.is_empty()) {
+                let oldest = in_flight.pop_front().expect("not empty");
+                if let Err(e) = self.release(oldest).await {
+                    error!(partition = self.partition, error = %e, "partition stopped");
+                    return;
+                }
+            }
+            if snapshot_due {
+                if let Err(e) = self.snapshot() {
+                    error!(partition = self.partition, error = %e, "partition stopped");
+                    return;
+                }
             }
         }
     }
 
     /// Group commit: wait up to `batch_wait_us` for more commands after the first.
-    async fn wait_for_more(&mut self, commands: &mut Vec<Command>, replies: &mut Vec<oneshot::Sender<()>>, batch_max: usize) {
+    async fn wait_for_more(
+        &mut self,
+        commands: &mut Vec<Command>,
+        replies: &mut Vec<oneshot::Sender<()>>,
+        batch_max: usize,
+    ) {
         let wait = Duration::from_micros(self.shared.limits.batch_wait_us);
         let deadline = tokio::time::Instant::now() + wait;
         while commands.len() < batch_max {
@@ -707,7 +903,7 @@ impl Actor {
         }
     }
 
-    fn answer(&self, query: Query) {
+    fn answer(&self, query: Query) -> Answer {
         match query {
             Query::Transfer { id, reply } => {
                 let view = if let Some(open) = self.state.transfers.get(&id) {
@@ -715,7 +911,11 @@ impl Actor {
                         transfer_id: id,
                         payer: open.parties.payer,
                         payee: open.parties.payee,
-                        state: if open.reserved { TransferState::Reserved } else { TransferState::Received },
+                        state: if open.reserved {
+                            TransferState::Reserved
+                        } else {
+                            TransferState::Received
+                        },
                         fulfilment: None,
                         completed_ms: None,
                     })
@@ -729,20 +929,27 @@ impl Actor {
                         completed_ms: record.completed_ms,
                     })
                 };
-                let _ = reply.send(view);
+                Answer::Transfer(reply, view)
             }
             Query::Account { account, reply } => {
                 let mut figures = SliceFigures {
-                    active: self.state.participants.get(&account.fsp).is_some_and(|f| f.active),
+                    active: self
+                        .state
+                        .participants
+                        .get(&account.fsp)
+                        .is_some_and(|f| f.active),
                     ..SliceFigures::default()
                 };
                 if let Some(entry) = self.state.accounts.get(&account) {
                     figures.known = true;
                     figures.position = entry.slice.position;
                     figures.reserved = entry.slice.reserved;
-                    figures.bank = entry.bank.as_ref().map(|b| (b.ndc, b.cover(), b.base_position, b.limits_set));
+                    figures.bank = entry
+                        .bank
+                        .as_ref()
+                        .map(|b| (b.ndc, b.cover(), b.base_position, b.limits_set));
                 }
-                let _ = reply.send(Some(figures));
+                Answer::Account(reply, Some(figures))
             }
         }
     }
@@ -760,12 +967,19 @@ impl Actor {
         }
     }
 
-    async fn commit(&mut self, commands: Vec<Command>, replies: Vec<oneshot::Sender<()>>) -> Result<(), EngineError> {
+    /// Applies a batch, writes its WAL record and asks for durability (without waiting).
+    async fn stage(
+        &mut self,
+        commands: Vec<Command>,
+        replies: Vec<oneshot::Sender<()>>,
+    ) -> Result<InFlight, EngineError> {
         let count = commands.len();
         let mut inputs = Vec::with_capacity(count);
         for command in commands {
             if matches!(command, Command::Tick { .. }) {
-                self.shared.stats[self.partition as usize].tick_pending.store(false, Ordering::Release);
+                self.shared.stats[self.partition as usize]
+                    .tick_pending
+                    .store(false, Ordering::Release);
             }
             let prior = match command.transfer_id() {
                 Some(id) if !self.state.is_open(&id) => self.lookup_finished(&id),
@@ -773,43 +987,116 @@ impl Actor {
             };
             inputs.push(Input { command, prior });
         }
-        let record_inputs: Vec<_> = inputs.iter().map(|i| (i.command.clone(), i.prior.clone())).collect();
+        // The WAL record is encoded before applying (applying consumes the input) without
+        // cloning it, and written after: a batch that trips an invariant never reaches disk.
+        let batch_seq = self.state.batch_seq + 1;
+        let body = encode_batch(&WalRecordRef {
+            batch_seq,
+            epoch: self.epoch,
+            inputs: inputs.iter().map(|i| (&i.command, &i.prior)).collect(),
+        })?;
         let output = self.state.apply_batch(inputs);
+        assert_eq!(
+            self.state.batch_seq, batch_seq,
+            "batch numbering out of step"
+        );
+        self.shared
+            .store
+            .append_encoded(self.partition, batch_seq, &body)?;
         if cfg!(debug_assertions) {
             self.state.audit();
         }
-        let record = WalRecord { batch_seq: self.state.batch_seq, epoch: self.epoch, inputs: record_inputs };
-        self.shared.store.append_batch(self.partition, &record)?;
-        request_sync(&self.shared).await?;
+        // Finished transfers stay readable (GET, duplicates) until the archiver has them.
+        for record in &output.finished {
+            self.finished_cache
+                .insert(record.parties.transfer_id, record.clone());
+        }
+        let (reply, done) = oneshot::channel();
+        self.shared
+            .syncer
+            .send(reply)
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        Ok(InFlight {
+            done,
+            batch_seq: self.state.batch_seq,
+            count,
+            output,
+            replies,
+            answers: Vec::new(),
+            requested: std::time::Instant::now(),
+        })
+    }
+
+    /// Waits for a staged batch to be durable, then releases everything it produced.
+    async fn release(&mut self, entry: InFlight) -> Result<(), EngineError> {
+        let InFlight {
+            done,
+            batch_seq,
+            count,
+            output,
+            replies,
+            answers,
+            requested,
+        } = entry;
+        done.await
+            .map_err(|_| EngineError::ShuttingDown)?
+            .map_err(EngineError::Storage)?;
+        self.shared
+            .flush_latency_us_total
+            .fetch_add(requested.elapsed().as_micros() as u64, Ordering::Relaxed);
 
         // Durable: release everything.
         let stats = &self.shared.stats[self.partition as usize];
-        stats.committed_batch.store(self.state.batch_seq, Ordering::Relaxed);
-        stats.applied_commands.fetch_add(count as u64, Ordering::Relaxed);
+        stats.committed_batch.store(batch_seq, Ordering::Relaxed);
+        stats
+            .applied_commands
+            .fetch_add(count as u64, Ordering::Relaxed);
         stats.last_batch_size.store(count as u64, Ordering::Relaxed);
-        stats.parked.store(self.state.parked_count, Ordering::Relaxed);
+        stats
+            .parked
+            .store(self.state.parked_count, Ordering::Relaxed);
         self.shared.batches.fetch_add(1, Ordering::Relaxed);
-        self.shared.denials.fetch_add(output.denials.len() as u64, Ordering::Relaxed);
+        self.shared
+            .denials
+            .fetch_add(output.denials.len() as u64, Ordering::Relaxed);
         self.publish_confirmations();
         for message in output.messages {
             self.deliver(&message);
             self.unconfirmed.insert((message.to, message.seq), message);
         }
         if !output.finished.is_empty() {
-            let ids: Vec<TransferId> = output.finished.iter().map(|r| r.parties.transfer_id).collect();
-            for record in &output.finished {
-                self.finished_cache.insert(record.parties.transfer_id, record.clone());
-            }
-            self.finished_order.push_back((self.state.batch_seq, ids));
-            let job = ArchiveJob { partition: self.partition, batch_seq: self.state.batch_seq, records: output.finished };
+            let ids: Vec<TransferId> = output
+                .finished
+                .iter()
+                .map(|r| r.parties.transfer_id)
+                .collect();
+            self.finished_order.push_back((batch_seq, ids));
+            let job = ArchiveJob {
+                partition: self.partition,
+                batch_seq,
+                records: output.finished,
+            };
             // A full archiver queue slows this partition down instead of growing memory.
-            self.shared.archiver.send(job).await.map_err(|_| EngineError::Storage("archiver stopped".into()))?;
+            self.shared
+                .archiver
+                .send(job)
+                .await
+                .map_err(|_| EngineError::Storage("archiver stopped".into()))?;
         }
         for reply in replies {
             let _ = reply.send(());
         }
+        for answer in answers {
+            answer.send();
+        }
         for event in output.events {
-            if let Event::AdminDone { request_id, code, message } = &event {
+            if let Event::AdminDone {
+                request_id,
+                code,
+                message,
+            } = &event
+            {
                 if let Some(waiter) = lock(&self.shared.admin_waiters).remove(request_id) {
                     let _ = waiter.send((*code, message.clone()));
                 }
@@ -820,15 +1107,16 @@ impl Actor {
             }
         }
         self.trim_finished_cache();
-        if self.state.batch_seq - self.last_snapshot_batch >= self.shared.limits.snapshot_every_batches {
-            self.snapshot()?;
-        }
         Ok(())
     }
 
     /// Sends a message into the receiver's log (its peer lane).
     fn deliver(&self, message: &Outgoing) {
-        let command = Command::Peer { from: self.partition, seq: message.seq, message: message.message.clone() };
+        let command = Command::Peer {
+            from: self.partition,
+            seq: message.seq,
+            message: message.message.clone(),
+        };
         let _ = self.shared.peers[message.to as usize].send(command);
     }
 
@@ -841,7 +1129,8 @@ impl Actor {
         }
         let confirmed = &self.shared.confirmed;
         let me = self.partition as usize;
-        self.unconfirmed.retain(|(to, seq), _| *seq > confirmed[*to as usize * n + me].load(Ordering::Acquire));
+        self.unconfirmed
+            .retain(|(to, seq), _| *seq > confirmed[*to as usize * n + me].load(Ordering::Acquire));
     }
 
     /// Drops cached finished transfers once the archiver has written them; waits for the
@@ -868,8 +1157,12 @@ impl Actor {
             // Finished transfers the archiver may not have written yet: recovery writes them.
             unarchived: self.finished_cache.values().cloned().collect(),
         };
-        self.shared.store.write_snapshot(self.partition, &snapshot)?;
-        self.shared.store.truncate_batches(self.partition, snapshot.batch_seq)?;
+        self.shared
+            .store
+            .write_snapshot(self.partition, &snapshot)?;
+        self.shared
+            .store
+            .truncate_batches(self.partition, snapshot.batch_seq)?;
         self.last_snapshot_batch = snapshot.batch_seq;
         Ok(())
     }

@@ -45,6 +45,20 @@ pub struct WalRecord {
     pub inputs: Vec<(Command, Option<FinishedTransfer>)>,
 }
 
+/// The borrowed form of [`WalRecord`], encoded identically: lets the runtime write a batch
+/// without cloning its commands.
+#[derive(Serialize)]
+pub struct WalRecordRef<'a> {
+    pub batch_seq: u64,
+    pub epoch: u64,
+    pub inputs: Vec<(&'a Command, &'a Option<FinishedTransfer>)>,
+}
+
+/// Encodes a batch record (before the batch is applied, so that applying can consume it).
+pub fn encode_batch(record: &WalRecordRef<'_>) -> Result<Vec<u8>, EngineError> {
+    bincode::serialize(record).map_err(storage_err)
+}
+
 /// A partition snapshot: the state bytes (see `PartitionState::snapshot_bytes`) and the
 /// sent messages not yet confirmed durable by their receivers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,7 +73,16 @@ pub struct SnapshotRecord {
 /// What the runtime needs from durable storage. The sled implementation is [`Store`].
 pub trait Storage: Send + Sync + 'static {
     /// Writes one batch record of partition `partition` (not yet durable: call `sync`).
-    fn append_batch(&self, partition: u32, record: &WalRecord) -> Result<(), EngineError>;
+    fn append_batch(&self, partition: u32, record: &WalRecordRef<'_>) -> Result<(), EngineError> {
+        self.append_encoded(partition, record.batch_seq, &encode_batch(record)?)
+    }
+    /// Writes a batch record encoded by [`encode_batch`] (not yet durable: call `sync`).
+    fn append_encoded(
+        &self,
+        partition: u32,
+        batch_seq: u64,
+        body: &[u8],
+    ) -> Result<(), EngineError>;
     /// Batch records after `after`, in order. Stops the partition on a malformed record.
     fn batches_after(&self, partition: u32, after: u64) -> Result<Vec<WalRecord>, EngineError>;
     fn write_snapshot(&self, partition: u32, snapshot: &SnapshotRecord) -> Result<(), EngineError>;
@@ -114,7 +137,8 @@ impl Store {
         let stored = meta.get("partitions").map_err(storage_err)?;
         match stored {
             Some(raw) => {
-                let count = decode_u64(&raw).ok_or_else(|| corrupt(0, "meta/partitions", "not a u64"))?;
+                let count =
+                    decode_u64(&raw).ok_or_else(|| corrupt(0, "meta/partitions", "not a u64"))?;
                 if count != u64::from(partitions) {
                     return Err(EngineError::Config(format!(
                         "data directory was created with {count} partitions, not {partitions}"
@@ -122,7 +146,8 @@ impl Store {
                 }
             }
             None => {
-                meta.insert("partitions", &u64::from(partitions).to_be_bytes()).map_err(storage_err)?;
+                meta.insert("partitions", &u64::from(partitions).to_be_bytes())
+                    .map_err(storage_err)?;
             }
         }
         let mut wal = Vec::new();
@@ -151,7 +176,11 @@ impl Store {
 }
 
 fn corrupt(partition: u32, what: &str, detail: impl std::fmt::Display) -> EngineError {
-    EngineError::Corrupt { partition, what: what.to_string(), detail: detail.to_string() }
+    EngineError::Corrupt {
+        partition,
+        what: what.to_string(),
+        detail: detail.to_string(),
+    }
 }
 
 fn decode_u64(raw: &[u8]) -> Option<u64> {
@@ -168,9 +197,16 @@ fn chunk_key(seq: u64, chunk: u16) -> [u8; 10] {
 /// Splits `body` into chunks; chunk 0 starts with a header (magic, version, chunk count,
 /// body length) so that a missing or extra chunk is detected on read.
 fn write_chunks(batch: &mut sled::Batch, seq: u64, body: &[u8]) -> Result<(), EngineError> {
-    let chunks: Vec<&[u8]> = if body.is_empty() { vec![&[][..]] } else { body.chunks(CHUNK_BYTES_MAX).collect() };
+    let chunks: Vec<&[u8]> = if body.is_empty() {
+        vec![&[][..]]
+    } else {
+        body.chunks(CHUNK_BYTES_MAX).collect()
+    };
     if chunks.len() > CHUNKS_MAX {
-        return Err(EngineError::Storage(format!("record of {} bytes is too large", body.len())));
+        return Err(EngineError::Storage(format!(
+            "record of {} bytes is too large",
+            body.len()
+        )));
     }
     for (index, chunk) in chunks.iter().enumerate() {
         let mut value = Vec::with_capacity(chunk.len() + 16);
@@ -187,14 +223,25 @@ fn write_chunks(batch: &mut sled::Batch, seq: u64, body: &[u8]) -> Result<(), En
 }
 
 /// Reassembles records from a chunked tree, in key order, for sequences > `after`.
-fn read_chunked(tree: &sled::Tree, partition: u32, what: &str, after: u64) -> Result<Vec<(u64, Vec<u8>)>, EngineError> {
+fn read_chunked(
+    tree: &sled::Tree,
+    partition: u32,
+    what: &str,
+    after: u64,
+) -> Result<Vec<(u64, Vec<u8>)>, EngineError> {
     let mut records = Vec::new();
     let mut current: Option<(u64, u16, u16, usize, Vec<u8>)> = None; // seq, next chunk, count, len, body
     let start = chunk_key(after.saturating_add(1), 0);
-    let finish = |current: Option<(u64, u16, u16, usize, Vec<u8>)>, records: &mut Vec<(u64, Vec<u8>)>| -> Result<(), EngineError> {
+    let finish = |current: Option<(u64, u16, u16, usize, Vec<u8>)>,
+                  records: &mut Vec<(u64, Vec<u8>)>|
+     -> Result<(), EngineError> {
         if let Some((seq, next, count, len, body)) = current {
             if next != count || body.len() != len {
-                return Err(corrupt(partition, &format!("{what}/{seq}"), "incomplete record"));
+                return Err(corrupt(
+                    partition,
+                    &format!("{what}/{seq}"),
+                    "incomplete record",
+                ));
             }
             records.push((seq, body));
         }
@@ -210,10 +257,16 @@ fn read_chunked(tree: &sled::Tree, partition: u32, what: &str, after: u64) -> Re
         if chunk == 0 {
             finish(current.take(), &mut records)?;
             if value.len() < 12 || value[0] != RECORD_MAGIC || value[1] != RECORD_VERSION {
-                return Err(corrupt(partition, &format!("{what}/{seq}"), "bad record header"));
+                return Err(corrupt(
+                    partition,
+                    &format!("{what}/{seq}"),
+                    "bad record header",
+                ));
             }
             let count = u16::from_be_bytes([value[2], value[3]]);
-            let len = decode_u64(&value[4..12]).ok_or_else(|| corrupt(partition, what, "bad length"))? as usize;
+            let len = decode_u64(&value[4..12])
+                .ok_or_else(|| corrupt(partition, what, "bad length"))?
+                as usize;
             current = Some((seq, 1, count, len, value[12..].to_vec()));
         } else {
             match current.as_mut() {
@@ -221,7 +274,13 @@ fn read_chunked(tree: &sled::Tree, partition: u32, what: &str, after: u64) -> Re
                     body.extend_from_slice(&value);
                     *next += 1;
                 }
-                _ => return Err(corrupt(partition, &format!("{what}/{seq}"), format!("unexpected chunk {chunk}"))),
+                _ => {
+                    return Err(corrupt(
+                        partition,
+                        &format!("{what}/{seq}"),
+                        format!("unexpected chunk {chunk}"),
+                    ))
+                }
             }
         }
     }
@@ -230,20 +289,28 @@ fn read_chunked(tree: &sled::Tree, partition: u32, what: &str, after: u64) -> Re
 }
 
 impl Storage for Store {
-    fn append_batch(&self, partition: u32, record: &WalRecord) -> Result<(), EngineError> {
-        let body = bincode::serialize(record).map_err(storage_err)?;
+    fn append_encoded(
+        &self,
+        partition: u32,
+        batch_seq: u64,
+        body: &[u8],
+    ) -> Result<(), EngineError> {
         let mut batch = sled::Batch::default();
-        write_chunks(&mut batch, record.batch_seq, &body)?;
+        write_chunks(&mut batch, batch_seq, body)?;
         self.wal(partition).apply_batch(batch).map_err(storage_err)
     }
 
     fn batches_after(&self, partition: u32, after: u64) -> Result<Vec<WalRecord>, EngineError> {
         let mut out = Vec::new();
         for (seq, body) in read_chunked(self.wal(partition), partition, "wal", after)? {
-            let record: WalRecord =
-                bincode::deserialize(&body).map_err(|e| corrupt(partition, &format!("wal/{seq}"), e))?;
+            let record: WalRecord = bincode::deserialize(&body)
+                .map_err(|e| corrupt(partition, &format!("wal/{seq}"), e))?;
             if record.batch_seq != seq {
-                return Err(corrupt(partition, &format!("wal/{seq}"), "sequence does not match its key"));
+                return Err(corrupt(
+                    partition,
+                    &format!("wal/{seq}"),
+                    "sequence does not match its key",
+                ));
             }
             out.push(record);
         }
@@ -264,9 +331,11 @@ impl Storage for Store {
 
     fn load_snapshot(&self, partition: u32) -> Result<Option<SnapshotRecord>, EngineError> {
         let records = read_chunked(&self.snap[partition as usize], partition, "snap", 0)?;
-        let Some((seq, body)) = records.into_iter().last() else { return Ok(None) };
-        let snapshot: SnapshotRecord =
-            bincode::deserialize(&body).map_err(|e| corrupt(partition, &format!("snap/{seq}"), e))?;
+        let Some((seq, body)) = records.into_iter().last() else {
+            return Ok(None);
+        };
+        let snapshot: SnapshotRecord = bincode::deserialize(&body)
+            .map_err(|e| corrupt(partition, &format!("snap/{seq}"), e))?;
         Ok(Some(snapshot))
     }
 
@@ -282,11 +351,15 @@ impl Storage for Store {
     fn next_epoch(&self, partition: u32) -> Result<u64, EngineError> {
         let key = format!("epoch/{partition}");
         let current = match self.meta.get(&key).map_err(storage_err)? {
-            Some(raw) => decode_u64(&raw).ok_or_else(|| corrupt(partition, "meta/epoch", "not a u64"))?,
+            Some(raw) => {
+                decode_u64(&raw).ok_or_else(|| corrupt(partition, "meta/epoch", "not a u64"))?
+            }
             None => 0,
         };
         let next = current + 1;
-        self.meta.insert(key, &next.to_be_bytes()).map_err(storage_err)?;
+        self.meta
+            .insert(key, &next.to_be_bytes())
+            .map_err(storage_err)?;
         Ok(next)
     }
 
@@ -300,7 +373,11 @@ impl Storage for Store {
     }
 
     fn finished(&self, transfer_id: &TransferId) -> Result<Option<FinishedTransfer>, EngineError> {
-        match self.finished.get(transfer_id.as_str().as_bytes()).map_err(storage_err)? {
+        match self
+            .finished
+            .get(transfer_id.as_str().as_bytes())
+            .map_err(storage_err)?
+        {
             None => Ok(None),
             Some(raw) => bincode::deserialize(&raw)
                 .map(Some)
@@ -325,11 +402,18 @@ impl Storage for Store {
     }
 
     fn registry_put(&self, key: &str, value: &[u8]) -> Result<(), EngineError> {
-        self.registry.insert(key, value).map(|_| ()).map_err(storage_err)
+        self.registry
+            .insert(key, value)
+            .map(|_| ())
+            .map_err(storage_err)
     }
 
     fn registry_get(&self, key: &str) -> Result<Option<Vec<u8>>, EngineError> {
-        Ok(self.registry.get(key).map_err(storage_err)?.map(|v| v.to_vec()))
+        Ok(self
+            .registry
+            .get(key)
+            .map_err(storage_err)?
+            .map(|v| v.to_vec()))
     }
 
     fn registry_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, EngineError> {
@@ -359,23 +443,41 @@ mod tests {
     use super::*;
     use crate::command::Command;
 
+    fn borrowed(seq: u64, inputs: &[(Command, Option<FinishedTransfer>)]) -> WalRecordRef<'_> {
+        WalRecordRef {
+            batch_seq: seq,
+            epoch: 1,
+            inputs: inputs.iter().map(|(c, p)| (c, p)).collect(),
+        }
+    }
+
     #[test]
     fn batches_round_trip_across_chunks_and_truncate() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), 2, 8 << 20).expect("open");
         for seq in 1..=3u64 {
             // Large enough to need several chunks.
-            let inputs = (0..5_000).map(|i| (Command::Tick { now_ms: i }, None)).collect();
-            store.append_batch(1, &WalRecord { batch_seq: seq, epoch: 1, inputs }).expect("append");
+            let inputs: Vec<_> = (0..5_000)
+                .map(|i| (Command::Tick { now_ms: i }, None))
+                .collect();
+            store
+                .append_batch(1, &borrowed(seq, &inputs))
+                .expect("append");
         }
         store.sync().expect("sync");
         let all = store.batches_after(1, 0).expect("read");
-        assert_eq!(all.iter().map(|r| r.batch_seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(
+            all.iter().map(|r| r.batch_seq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
         assert_eq!(all[2].inputs.len(), 5_000);
         assert!(store.batches_after(0, 0).expect("read").is_empty());
         store.truncate_batches(1, 2).expect("truncate");
         let rest = store.batches_after(1, 0).expect("read");
-        assert_eq!(rest.iter().map(|r| r.batch_seq).collect::<Vec<_>>(), vec![3]);
+        assert_eq!(
+            rest.iter().map(|r| r.batch_seq).collect::<Vec<_>>(),
+            vec![3]
+        );
         assert!(store.fsyncs() >= 2);
     }
 
@@ -383,11 +485,18 @@ mod tests {
     fn a_missing_chunk_is_reported_not_skipped() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), 1, 8 << 20).expect("open");
-        let inputs = (0..20_000).map(|i| (Command::Tick { now_ms: i }, None)).collect();
-        store.append_batch(0, &WalRecord { batch_seq: 1, epoch: 1, inputs }).expect("append");
+        let inputs: Vec<_> = (0..20_000)
+            .map(|i| (Command::Tick { now_ms: i }, None))
+            .collect();
+        store
+            .append_batch(0, &borrowed(1, &inputs))
+            .expect("append");
         store.wal(0).remove(chunk_key(1, 1)).expect("remove");
         let error = store.batches_after(0, 0).expect_err("must fail");
-        assert!(matches!(error, EngineError::Corrupt { partition: 0, .. }), "{error}");
+        assert!(
+            matches!(error, EngineError::Corrupt { partition: 0, .. }),
+            "{error}"
+        );
     }
 
     #[test]
@@ -406,7 +515,9 @@ mod tests {
     fn partition_count_is_fixed_at_creation() {
         let dir = tempfile::tempdir().expect("tempdir");
         drop(Store::open(dir.path(), 4, 8 << 20).expect("open"));
-        let error = Store::open(dir.path(), 8, 8 << 20).err().expect("must refuse");
+        let error = Store::open(dir.path(), 8, 8 << 20)
+            .err()
+            .expect("must refuse");
         assert!(matches!(error, EngineError::Config(_)));
     }
 }

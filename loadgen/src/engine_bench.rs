@@ -7,7 +7,7 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
-use engine::command::{Admin, Event, Fulfil, Prepare};
+use engine::command::{Admin, Command, Event, Fulfil, Prepare};
 use engine::ids::{AccountKey, Currency, FspId, TransferId};
 use engine::limits::Limits;
 use engine::runtime::{now_ms, Hub, HubConfig};
@@ -71,6 +71,10 @@ struct Report {
     fulfil_p99_us: u64,
     fsyncs: u64,
     fsyncs_per_sec: f64,
+    /// fdatasync calls over the whole process (provisioning, warm-up, shutdown included).
+    fsyncs_total: u64,
+    /// Group commits over the whole process, summed over partitions.
+    batches_total: u64,
     batches: u64,
     mean_batch_size: f64,
     mean_flush_latency_us: f64,
@@ -123,7 +127,9 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
     if args.hot_payer_pct > 100 {
         bail!("--hot-payer-pct must be 0..=100");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(run_async(args))
 }
 
@@ -137,8 +143,12 @@ async fn run_async(args: EngineArgs) -> anyhow::Result<()> {
         }
     };
     let limits = Limits::default();
-    let (hub, mut events) = Hub::open(HubConfig { data_dir: data_dir.clone(), partitions: args.partitions, limits })
-        .context("opening the engine")?;
+    let (hub, mut events) = Hub::open(HubConfig {
+        data_dir: data_dir.clone(),
+        partitions: args.partitions,
+        limits,
+    })
+    .context("opening the engine")?;
     let currency = Currency::new("USD").context("currency")?;
     let fsps: Vec<FspId> = (0..args.dfsps)
         .map(|i| FspId::new(&format!("benchfsp{i}")).context("fsp name"))
@@ -146,18 +156,37 @@ async fn run_async(args: EngineArgs) -> anyhow::Result<()> {
     let now = now_ms();
     for (i, fsp) in fsps.iter().enumerate() {
         let account = AccountKey::new(*fsp, currency);
-        hub.admin(now, Admin::CreateAccount { account }).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        hub.admin(now, Admin::InitialPositionAndLimits { account, position: 0, ndc: args.ndc })
+        hub.admin(now, Admin::CreateAccount { account })
             .await
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let funds_id = TransferId::parse(&format!("00000000-0000-4000-8000-{:012x}", i)).context("id")?;
-        hub.admin(now, Admin::FundsIn { account, amount: args.ndc, funds_id })
-            .await
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        hub.admin(
+            now,
+            Admin::InitialPositionAndLimits {
+                account,
+                position: 0,
+                ndc: args.ndc,
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let funds_id =
+            TransferId::parse(&format!("00000000-0000-4000-8000-{:012x}", i)).context("id")?;
+        hub.admin(
+            now,
+            Admin::FundsIn {
+                account,
+                amount: args.ndc,
+                funds_id,
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     }
     let shared = Arc::new(Shared {
         hub: hub.clone(),
-        waiters: (0..WAITER_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        waiters: (0..WAITER_SHARDS)
+            .map(|_| Mutex::new(HashMap::new()))
+            .collect(),
         measuring: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         currency,
@@ -199,7 +228,9 @@ async fn run_async(args: EngineArgs) -> anyhow::Result<()> {
     let mut clients = Vec::with_capacity(args.concurrency);
     for client in 0..args.concurrency {
         let shared = shared.clone();
-        clients.push(tokio::spawn(async move { client_loop(shared, client as u64).await }));
+        clients.push(tokio::spawn(async move {
+            client_loop(shared, client as u64).await
+        }));
     }
     tokio::time::sleep(Duration::from_secs(args.warmup_seconds)).await;
     let before = hub.metrics();
@@ -223,6 +254,7 @@ async fn run_async(args: EngineArgs) -> anyhow::Result<()> {
     all.add(&fulfil)?;
     hub.shutdown().await;
     router.abort();
+    let end = hub.metrics();
 
     let ops = all.len();
     let batches = after.batches - before.batches;
@@ -237,8 +269,14 @@ async fn run_async(args: EngineArgs) -> anyhow::Result<()> {
         fulfil_p99_us: fulfil.value_at_quantile(0.99),
         fsyncs: after.fsyncs - before.fsyncs,
         fsyncs_per_sec: (after.fsyncs - before.fsyncs) as f64 / elapsed,
+        fsyncs_total: end.fsyncs,
+        batches_total: end.batches,
         batches,
-        mean_batch_size: if batches == 0 { 0.0 } else { (after.commands - before.commands) as f64 / batches as f64 },
+        mean_batch_size: if batches == 0 {
+            0.0
+        } else {
+            (after.commands - before.commands) as f64 / batches as f64
+        },
         mean_flush_latency_us: if batches == 0 {
             0.0
         } else {
@@ -263,7 +301,8 @@ async fn run_async(args: EngineArgs) -> anyhow::Result<()> {
 }
 
 fn tempdir_in_target() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("engine-bench-{}-{}", std::process::id(), now_ms()));
+    let dir =
+        std::env::temp_dir().join(format!("engine-bench-{}-{}", std::process::id(), now_ms()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
@@ -296,10 +335,12 @@ impl Rng {
     }
 }
 
-async fn wait_for(shared: &Shared, id: TransferId, submit: impl std::future::Future<Output = Result<(), engine::runtime::SubmitError>>) -> Option<Outcome> {
+/// Submits a command and waits for the durable result of its transfer (the event).
+async fn wait_for(shared: &Shared, id: TransferId, command: Command) -> Option<Outcome> {
     let (tx, rx) = oneshot::channel();
     lock(&shared.waiters[shard(&id)]).insert(id, tx);
-    if submit.await.is_err() {
+    let partition = shared.hub.partition_of(&id);
+    if shared.hub.enqueue(partition, command).is_err() {
         lock(&shared.waiters[shard(&id)]).remove(&id);
         return None;
     }
@@ -314,15 +355,28 @@ async fn client_loop(shared: Arc<Shared>, client: u64) -> (Histogram<u64>, Histo
     let condition: [u8; 32] = Sha256::digest(fulfilment).into();
     let n = shared.fsps.len() as u64;
     while !shared.stop.load(Ordering::Relaxed) {
-        let payer = if rng.below(100) < u64::from(shared.hot_payer_pct) { 0 } else { rng.below(n) } as usize;
+        let payer = if rng.below(100) < u64::from(shared.hot_payer_pct) {
+            0
+        } else {
+            rng.below(n)
+        } as usize;
         let mut payee = rng.below(n) as usize;
         if payee == payer {
             payee = (payee + 1) % n as usize;
         }
         let amount = 1 + rng.below(10_000) as i64;
         let seq = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", seq >> 32, (seq >> 16) & 0xffff, client & 0xfff, seq & 0xfff, rng.next() & 0xffff_ffff_ffff);
-        let Some(transfer_id) = TransferId::parse(&id) else { continue };
+        let id = format!(
+            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+            seq >> 32,
+            (seq >> 16) & 0xffff,
+            client & 0xfff,
+            seq & 0xfff,
+            rng.next() & 0xffff_ffff_ffff
+        );
+        let Some(transfer_id) = TransferId::parse(&id) else {
+            continue;
+        };
         let mut body_hash = [0u8; 16];
         body_hash[..8].copy_from_slice(&seq.to_be_bytes());
         let now = now_ms();
@@ -339,7 +393,15 @@ async fn client_loop(shared: Arc<Shared>, client: u64) -> (Histogram<u64>, Histo
         };
         shared.debits[payer].fetch_add(amount, Ordering::Relaxed);
         let started = Instant::now();
-        let outcome = wait_for(&shared, transfer_id, shared.hub.prepare(now, prepare)).await;
+        let outcome = wait_for(
+            &shared,
+            transfer_id,
+            Command::Prepare {
+                now_ms: now,
+                prepare,
+            },
+        )
+        .await;
         let measuring = shared.measuring.load(Ordering::Relaxed);
         if measuring {
             let _ = prepare_hist.record((started.elapsed().as_micros() as u64).max(1));
@@ -347,7 +409,9 @@ async fn client_loop(shared: Arc<Shared>, client: u64) -> (Histogram<u64>, Histo
         match outcome {
             Some(Outcome::Reserved) => {}
             Some(Outcome::Refused(code)) if code == 4001 || code == 4200 => {
-                let used = shared.debits[payer].load(Ordering::Relaxed) - amount - shared.credits[payer].load(Ordering::Relaxed);
+                let used = shared.debits[payer].load(Ordering::Relaxed)
+                    - amount
+                    - shared.credits[payer].load(Ordering::Relaxed);
                 shared.debits[payer].fetch_sub(amount, Ordering::Relaxed);
                 shared.refusals.fetch_add(1, Ordering::Relaxed);
                 // Even counting every in-flight transfer as spent there was room: false.
@@ -375,7 +439,15 @@ async fn client_loop(shared: Arc<Shared>, client: u64) -> (Histogram<u64>, Histo
             payload: Vec::new(),
         };
         let started = Instant::now();
-        let outcome = wait_for(&shared, transfer_id, shared.hub.fulfil(now_ms(), fulfil)).await;
+        let outcome = wait_for(
+            &shared,
+            transfer_id,
+            Command::Fulfil {
+                now_ms: now_ms(),
+                fulfil,
+            },
+        )
+        .await;
         let measuring = shared.measuring.load(Ordering::Relaxed);
         if measuring {
             let _ = fulfil_hist.record((started.elapsed().as_micros() as u64).max(1));

@@ -2,6 +2,7 @@
 //! (`storage`, the only module that knows sled) and the in-process runtime that runs one
 //! actor per partition (`runtime`).
 
+pub mod codec;
 pub mod command;
 pub mod ids;
 pub mod limits;

@@ -1387,12 +1387,12 @@ impl PartitionState {
             inbound: self.inbound.iter().map(|(k, v)| (*k, v.clone())).collect(),
             outbound_seq: self.outbound_seq.clone(),
         };
-        bincode::serialize(&snapshot).expect("in-memory state serialises")
+        crate::codec::encode(&snapshot).expect("in-memory state serialises")
     }
 
     pub fn from_snapshot(bytes: &[u8], limits: Limits) -> Result<PartitionState, SnapshotError> {
         let snapshot: Snapshot =
-            bincode::deserialize(bytes).map_err(|e| SnapshotError(e.to_string()))?;
+            crate::codec::decode(bytes).map_err(|e| SnapshotError(e.to_string()))?;
         if snapshot.version != SNAPSHOT_VERSION {
             return Err(SnapshotError(format!(
                 "unknown snapshot version {}",

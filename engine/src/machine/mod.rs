@@ -952,11 +952,7 @@ impl PartitionState {
             self.partition,
             "borrow sent to a non-home partition"
         );
-        if !self
-            .accounts
-            .get(&account)
-            .is_some_and(|e| e.bank.is_some())
-        {
+        if self.accounts.get(&account).is_none_or(|e| e.bank.is_none()) {
             // Unknown account at its home (never created): refuse the prepare.
             if let HomeRequest::Borrow {
                 from, transfer_id, ..
@@ -1375,7 +1371,7 @@ impl PartitionState {
             .iter()
             .map(|(k, v)| (*k, v.clone()))
             .collect();
-        transfers.sort_by(|a, b| a.0.cmp(&b.0));
+        transfers.sort_by_key(|entry| entry.0);
         let snapshot = Snapshot {
             version: SNAPSHOT_VERSION,
             partition: self.partition,

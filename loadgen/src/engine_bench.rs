@@ -78,6 +78,9 @@ struct Report {
     batches: u64,
     mean_batch_size: f64,
     mean_flush_latency_us: f64,
+    /// Mean time of one sync round in sled's flush and in fdatasync.
+    mean_sled_flush_us: f64,
+    mean_fdatasync_us: f64,
     false_rejections: u64,
     refusals: u64,
     other_errors: u64,
@@ -256,6 +259,8 @@ async fn run_async(args: EngineArgs) -> anyhow::Result<()> {
     router.abort();
     let end = hub.metrics();
 
+    let syncs = (after.fsyncs - before.fsyncs).max(1);
+    let per_sync = |us: u64| us as f64 / syncs as f64;
     let ops = all.len();
     let batches = after.batches - before.batches;
     let report = Report {
@@ -282,6 +287,8 @@ async fn run_async(args: EngineArgs) -> anyhow::Result<()> {
         } else {
             (after.flush_latency_us_total - before.flush_latency_us_total) as f64 / batches as f64
         },
+        mean_sled_flush_us: per_sync(after.sled_flush_us_total - before.sled_flush_us_total),
+        mean_fdatasync_us: per_sync(after.fdatasync_us_total - before.fdatasync_us_total),
         false_rejections: shared.false_rejections.load(Ordering::Relaxed),
         refusals: shared.refusals.load(Ordering::Relaxed),
         other_errors: shared.other_errors.load(Ordering::Relaxed),

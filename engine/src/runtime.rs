@@ -850,13 +850,6 @@ impl Actor {
             let stopping = self.shared.shutting_down.load(Ordering::Relaxed);
             let mut commands: Vec<Command> = Vec::new();
             let mut replies: Vec<oneshot::Sender<()>> = Vec::new();
-            // Peer messages and ticks first: they unblock parked work elsewhere.
-            while commands.len() < batch_max {
-                match self.peer_rx.try_recv() {
-                    Ok(command) => commands.push(command),
-                    Err(_) => break,
-                }
-            }
             while commands.len() < batch_max {
                 match self.client_rx.try_recv() {
                     Ok(request) => {
@@ -896,6 +889,24 @@ impl Actor {
                 }
                 self.wait_for_more(&mut commands, &mut replies, batch_max)
                     .await;
+            }
+            // Peer messages go first in the batch, and are taken *after* the client
+            // commands: a message that was in the lane before a client sent its command
+            // (say, the headroom return of a credit whose callback the client saw) is then
+            // always applied before that command.
+            let mut peers = Vec::new();
+            while peers.len() < batch_max {
+                match self.peer_rx.try_recv() {
+                    Ok(command) => peers.push(command),
+                    Err(_) => break,
+                }
+            }
+            if !peers.is_empty() {
+                peers.append(&mut commands);
+                commands = peers;
+            }
+            if commands.is_empty() {
+                continue;
             }
             match self.stage(commands, replies).await {
                 Ok(entry) => in_flight.push_back(entry),

@@ -109,9 +109,11 @@ struct Shared {
     currency: Currency,
     hot_payer_pct: u32,
     ndc: i64,
-    /// Per DFSP: sum of amounts of its transfers as payer that are in flight or committed.
-    debits: Vec<AtomicI64>,
-    /// Per DFSP: sum of committed amounts received as payee.
+    /// Per DFSP, all monotone: amounts of every prepare it submitted as payer, ...
+    submitted: Vec<AtomicI64>,
+    /// ... amounts of those refused or aborted (known released), ...
+    released: Vec<AtomicI64>,
+    /// ... and committed amounts it received as payee.
     credits: Vec<AtomicI64>,
     false_rejections: AtomicU64,
     refusals: AtomicU64,
@@ -195,7 +197,8 @@ async fn run_async(args: EngineArgs) -> anyhow::Result<()> {
         currency,
         hot_payer_pct: args.hot_payer_pct,
         ndc: args.ndc,
-        debits: fsps.iter().map(|_| AtomicI64::new(0)).collect(),
+        submitted: fsps.iter().map(|_| AtomicI64::new(0)).collect(),
+        released: fsps.iter().map(|_| AtomicI64::new(0)).collect(),
         credits: fsps.iter().map(|_| AtomicI64::new(0)).collect(),
         fsps,
         false_rejections: AtomicU64::new(0),
@@ -398,7 +401,12 @@ async fn client_loop(shared: Arc<Shared>, client: u64) -> (Histogram<u64>, Histo
             body_hash,
             payload: Vec::new(),
         };
-        shared.debits[payer].fetch_add(amount, Ordering::Relaxed);
+        // What is certainly applied before the engine decides this prepare: releases and
+        // credits already reported (their effects reached the home before their events
+        // were published, and this prepare is submitted after).
+        let released_before = shared.released[payer].load(Ordering::SeqCst);
+        let credits_before = shared.credits[payer].load(Ordering::SeqCst);
+        shared.submitted[payer].fetch_add(amount, Ordering::SeqCst);
         let started = Instant::now();
         let outcome = wait_for(
             &shared,
@@ -416,19 +424,20 @@ async fn client_loop(shared: Arc<Shared>, client: u64) -> (Histogram<u64>, Histo
         match outcome {
             Some(Outcome::Reserved) => {}
             Some(Outcome::Refused(code)) if code == 4001 || code == 4200 => {
-                let used = shared.debits[payer].load(Ordering::Relaxed)
-                    - amount
-                    - shared.credits[payer].load(Ordering::Relaxed);
-                shared.debits[payer].fetch_sub(amount, Ordering::Relaxed);
+                // An upper bound of what the payer could have used when the engine decided:
+                // everything submitted so far (this one included), minus only the releases
+                // and credits known before this prepare was submitted. If even that fits
+                // the limit, the refusal was certainly false.
+                let used_max = shared.submitted[payer].load(Ordering::SeqCst) - released_before - credits_before;
+                shared.released[payer].fetch_add(amount, Ordering::SeqCst);
                 shared.refusals.fetch_add(1, Ordering::Relaxed);
-                // Even counting every in-flight transfer as spent there was room: false.
-                if used + amount <= shared.ndc {
+                if used_max <= shared.ndc {
                     shared.false_rejections.fetch_add(1, Ordering::Relaxed);
                 }
                 continue;
             }
             _ => {
-                shared.debits[payer].fetch_sub(amount, Ordering::Relaxed);
+                shared.released[payer].fetch_add(amount, Ordering::SeqCst);
                 shared.other_errors.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(1)).await;
                 continue;
@@ -461,13 +470,13 @@ async fn client_loop(shared: Arc<Shared>, client: u64) -> (Histogram<u64>, Histo
         }
         match outcome {
             Some(Outcome::Committed) => {
-                shared.credits[payee].fetch_add(amount, Ordering::Relaxed);
+                shared.credits[payee].fetch_add(amount, Ordering::SeqCst);
                 if measuring {
                     shared.transfers.fetch_add(1, Ordering::Relaxed);
                 }
             }
             _ => {
-                shared.debits[payer].fetch_sub(amount, Ordering::Relaxed);
+                shared.released[payer].fetch_add(amount, Ordering::SeqCst);
                 shared.other_errors.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -56,6 +56,20 @@ pub struct Denial {
     pub bank: Money,
 }
 
+/// Test-only fault injection: the deterministic simulation (`engine/tests/sim.rs`) switches
+/// one on to show that its invariant checks catch the bug. Always `None` in the hub; not
+/// part of the snapshot, so a restored state starts without a fault.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Fault {
+    #[default]
+    None,
+    /// The home grants a borrow even when its bank cannot cover it (limit check skipped).
+    SkipLimitCheck,
+    /// A redelivered grant is applied again (the exactly-once filter skipped for grants).
+    DoubleApplyGrant,
+}
+
 /// Everything one batch produced. Released only after the batch is durable.
 #[derive(Debug, Default)]
 pub struct Output {
@@ -100,6 +114,9 @@ pub struct PartitionState {
     // Scratch for the batch in progress; empty between batches.
     finished_in_batch: HashMap<TransferId, FinishedTransfer>,
     self_queue: VecDeque<PeerMessage>,
+    /// Test-only fault injection (see [`Fault`]).
+    #[doc(hidden)]
+    pub fault: Fault,
 }
 
 /// The serialised form: maps sorted, so equal states give equal bytes.
@@ -145,6 +162,7 @@ impl PartitionState {
             limits,
             finished_in_batch: HashMap::new(),
             self_queue: VecDeque::new(),
+            fault: Fault::None,
         }
     }
 
@@ -186,7 +204,10 @@ impl PartitionState {
                 admin,
             } => self.admin(now_ms, request_id, admin, out),
             Command::Peer { from, seq, message } => {
-                if self.accept_peer(from, seq) {
+                let fresh = self.accept_peer(from, seq);
+                let replayed_grant = self.fault == Fault::DoubleApplyGrant
+                    && matches!(message, PeerMessage::Grant { .. });
+                if fresh || replayed_grant {
                     self.peer(from, message, out);
                 }
             }
@@ -473,6 +494,12 @@ impl PartitionState {
     fn serve_parked(&mut self, now_ms: TimestampMs, account: AccountKey, out: &mut Output) {
         loop {
             let slice = &mut self.accounts.get_mut(&account).expect("account").slice;
+            if slice.centralised {
+                // Each parked prepare has its own exact borrow out at the home; serving one
+                // from a local credit would leave its grant travelling unused while the
+                // home refuses others (a false rejection). Credits go back via `settle`.
+                break;
+            }
             let Some(front) = slice.parked.front() else {
                 break;
             };
@@ -1070,9 +1097,10 @@ impl PartitionState {
                 amount,
                 ..
             } => {
+                let skip_limit_check = self.fault == Fault::SkipLimitCheck;
                 let bank = self.bank_mut(&account);
                 let amount_m = Money::from(amount);
-                if bank.bank >= amount_m {
+                if bank.bank >= amount_m || skip_limit_check {
                     bank.bank = checked_sub(bank.bank, amount_m);
                     let round = bank.round;
                     self.send(

@@ -170,10 +170,11 @@ pub struct OpenTransfer {
     pub reserved: bool,
 }
 
-/// Upper bound of the memory one open transfer costs: the record (~176 bytes), its hash map
-/// slot with control byte and key (~40 bytes), and its expiry index entry (~56 bytes with
-/// B-tree overhead). Checked against `size_of` in a unit test.
-pub const OPEN_TRANSFER_BYTES_MAX: usize = 320;
+/// Upper bound of the memory one open transfer costs: its record and key in the hash map
+/// (about 220 bytes, plus one control byte, at most 8/7 of that at the map's maximum
+/// load), and its expiry index entry (48 bytes, counted twice for half-full B-tree
+/// leaves). Checked against `size_of` in a unit test.
+pub const OPEN_TRANSFER_BYTES_MAX: usize = 384;
 
 /// Parked prepares also hold their payload; they are bounded by `parked_prepares_max`.
 #[allow(dead_code)]

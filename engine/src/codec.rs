@@ -6,7 +6,9 @@ use bincode::Options;
 use serde::{de::DeserializeOwned, Serialize};
 
 fn options() -> impl Options {
-    bincode::DefaultOptions::new().with_varint_encoding().reject_trailing_bytes()
+    bincode::DefaultOptions::new()
+        .with_varint_encoding()
+        .reject_trailing_bytes()
 }
 
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, bincode::Error> {

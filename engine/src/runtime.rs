@@ -50,6 +50,10 @@ pub enum SubmitError {
     Overloaded { partition: u32 },
     #[error("the hub is shutting down")]
     ShuttingDown,
+    /// The partition stopped on an error (a corrupt record, a storage failure); an
+    /// operator must look at it. The other partitions keep working.
+    #[error("partition {partition} is stopped: {reason}")]
+    PartitionStopped { partition: u32, reason: String },
 }
 
 /// What GET /transfers/{id} shows.
@@ -84,6 +88,8 @@ pub struct PartitionStatus {
     pub committed_batch: u64,
     pub queue_depth: usize,
     pub applied_commands: u64,
+    /// Why the partition stopped, if it did.
+    pub stopped: Option<String>,
 }
 
 /// Counters of one partition, shared with the hub handle.
@@ -95,6 +101,7 @@ struct Stats {
     last_batch_size: AtomicU64,
     parked: AtomicUsize,
     tick_pending: AtomicBool,
+    stopped: Mutex<Option<String>>,
 }
 
 /// Engine-wide counters for metrics.
@@ -143,7 +150,8 @@ type AdminWaiters = Arc<Mutex<HashMap<u64, oneshot::Sender<(Option<ErrorCode>, S
 struct Shared {
     partitions: u32,
     limits: Limits,
-    store: Arc<dyn Storage>,
+    /// Taken (and so closed) by `shutdown`; actors and threads hold their own handles.
+    store: Mutex<Option<Arc<dyn Storage>>>,
     clients: Vec<mpsc::Sender<ClientRequest>>,
     peers: Vec<mpsc::UnboundedSender<Command>>,
     queries: Vec<mpsc::Sender<Query>>,
@@ -154,8 +162,8 @@ struct Shared {
     admin_waiters: AdminWaiters,
     next_request_id: AtomicU64,
     shutting_down: AtomicBool,
-    syncer: mpsc::Sender<oneshot::Sender<Result<u64, String>>>,
-    archiver: mpsc::Sender<ArchiveJob>,
+    syncer: mpsc::Sender<SyncMsg>,
+    archiver: mpsc::Sender<ArchiveMsg>,
     /// `archived_upto[p]`: every finished transfer of partition p's batches up to this one
     /// is written to the archive.
     archived_upto: Vec<AtomicU64>,
@@ -164,6 +172,9 @@ struct Shared {
     denials: AtomicU64,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     archiver_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    syncer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Counters as they were when the store closed (metrics after shutdown).
+    final_metrics: Mutex<Option<EngineMetrics>>,
 }
 
 /// Cheap to clone; every clone talks to the same partition actors.
@@ -222,9 +233,14 @@ impl Hub {
     ) -> Result<(Hub, mpsc::Receiver<Event>), EngineError> {
         let n = partitions as usize;
         // 1. Recover every partition before any actor runs.
+        // A partition that cannot recover (say, a corrupt record) stays stopped with the
+        // error naming the record; the others start.
         let mut recovered = Vec::with_capacity(n);
         for p in 0..partitions {
-            recovered.push(recover(&*store, p, partitions, &limits)?);
+            recovered.push(recover(&*store, p, partitions, &limits).map_err(|e| {
+                error!(partition = p, error = %e, "partition stopped: recovery failed");
+                e.to_string()
+            }));
         }
         let mut epochs = Vec::with_capacity(n);
         for p in 0..partitions {
@@ -256,7 +272,7 @@ impl Hub {
         let shared = Arc::new(Shared {
             partitions,
             limits: limits.clone(),
-            store: store.clone(),
+            store: Mutex::new(Some(store.clone())),
             clients,
             peers,
             queries,
@@ -269,13 +285,15 @@ impl Hub {
             archiver: archive_tx,
             archived_upto: recovered
                 .iter()
-                .map(|r| AtomicU64::new(r.state.batch_seq))
+                .map(|r| AtomicU64::new(r.as_ref().map(|r| r.state.batch_seq).unwrap_or(0)))
                 .collect(),
             batches: AtomicU64::new(0),
             flush_latency_us_total: AtomicU64::new(0),
             denials: AtomicU64::new(0),
             tasks: Mutex::new(Vec::new()),
             archiver_thread: Mutex::new(None),
+            syncer_thread: Mutex::new(None),
+            final_metrics: Mutex::new(None),
         });
 
         // 2. The syncer: one flush + fdatasync for every request queued meanwhile.
@@ -284,7 +302,7 @@ impl Hub {
             .name("engine-syncer".into())
             .spawn(move || run_syncer(syncer_store, sync_rx))
             .map_err(|e| EngineError::Storage(e.to_string()))?;
-        drop(syncer); // ends when every sender is gone
+        *lock(&shared.syncer_thread) = Some(syncer);
 
         // 3. The archiver: writes finished transfers off the critical path.
         let archiver_shared = Arc::downgrade(&shared);
@@ -310,11 +328,20 @@ impl Hub {
         {
             let epoch = epochs[p];
             shared.stats[p].epoch.store(epoch, Ordering::Relaxed);
+            let rec = match rec {
+                Ok(rec) => rec,
+                Err(reason) => {
+                    // No actor: its mailbox closes and submitters get `PartitionStopped`.
+                    *lock(&shared.stats[p].stopped) = Some(reason);
+                    continue;
+                }
+            };
             shared.stats[p]
                 .committed_batch
                 .store(rec.state.batch_seq, Ordering::Relaxed);
             let actor = Actor {
                 partition: p as u32,
+                store: store.clone(),
                 epoch,
                 shared: shared.clone(),
                 state: rec.state,
@@ -384,9 +411,9 @@ impl Hub {
             })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded { partition },
-                mpsc::error::TrySendError::Closed(_) => SubmitError::ShuttingDown,
+                mpsc::error::TrySendError::Closed(_) => self.closed(partition),
             })?;
-        done.await.map_err(|_| SubmitError::ShuttingDown)
+        done.await.map_err(|_| self.closed(partition))
     }
 
     /// Appends a command to its partition's mailbox without waiting: the results arrive
@@ -402,8 +429,16 @@ impl Hub {
             })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded { partition },
-                mpsc::error::TrySendError::Closed(_) => SubmitError::ShuttingDown,
+                mpsc::error::TrySendError::Closed(_) => self.closed(partition),
             })
+    }
+
+    /// Why a partition's mailbox is closed.
+    fn closed(&self, partition: u32) -> SubmitError {
+        match lock(&self.shared.stats[partition as usize].stopped).clone() {
+            Some(reason) => SubmitError::PartitionStopped { partition, reason },
+            None => SubmitError::ShuttingDown,
+        }
     }
 
     /// The partition that owns a transfer.
@@ -533,6 +568,7 @@ impl Hub {
                     committed_batch: stats.committed_batch.load(Ordering::Relaxed),
                     queue_depth: sender.max_capacity() - sender.capacity(),
                     applied_commands: stats.applied_commands.load(Ordering::Relaxed),
+                    stopped: lock(&stats.stopped).clone(),
                 }
             })
             .collect()
@@ -540,8 +576,11 @@ impl Hub {
 
     pub fn metrics(&self) -> EngineMetrics {
         let s = &self.shared;
+        let Some(store) = lock(&s.store).clone() else {
+            return lock(&s.final_metrics).clone().unwrap_or_default();
+        };
         EngineMetrics {
-            fsyncs: s.store.fsyncs(),
+            fsyncs: store.fsyncs(),
             batches: s.batches.load(Ordering::Relaxed),
             commands: s
                 .stats
@@ -555,23 +594,29 @@ impl Hub {
                 .sum(),
             flush_latency_us_total: s.flush_latency_us_total.load(Ordering::Relaxed),
             denials: s.denials.load(Ordering::Relaxed),
-            sled_flush_us_total: s.store.sync_time_us().0,
-            fdatasync_us_total: s.store.sync_time_us().1,
+            sled_flush_us_total: store.sync_time_us().0,
+            fdatasync_us_total: store.sync_time_us().1,
         }
     }
 
     /// Durable key-value store for the gateway's participant registry.
     pub async fn registry_put(&self, key: &str, value: Vec<u8>) -> Result<(), EngineError> {
-        self.shared.store.registry_put(key, &value)?;
+        self.store()?.registry_put(key, &value)?;
         self.sync().await
     }
 
     pub fn registry_get(&self, key: &str) -> Result<Option<Vec<u8>>, EngineError> {
-        self.shared.store.registry_get(key)
+        self.store()?.registry_get(key)
     }
 
     pub fn registry_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, EngineError> {
-        self.shared.store.registry_scan(prefix)
+        self.store()?.registry_scan(prefix)
+    }
+
+    fn store(&self) -> Result<Arc<dyn Storage>, EngineError> {
+        lock(&self.shared.store)
+            .clone()
+            .ok_or(EngineError::ShuttingDown)
     }
 
     async fn sync(&self) -> Result<(), EngineError> {
@@ -586,6 +631,25 @@ impl Hub {
             let _ = task.await;
         }
         let _ = self.sync().await;
+        // The archiver writes and syncs what it has, then the syncer takes a last round;
+        // once both threads are joined and the handle's store is dropped, the database
+        // is closed and the data directory can be opened again.
+        let _ = self.shared.archiver.send(ArchiveMsg::Exit).await;
+        let _ = self.shared.syncer.send(SyncMsg::Exit).await;
+        let archiver = lock(&self.shared.archiver_thread).take();
+        let syncer = lock(&self.shared.syncer_thread).take();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(thread) = archiver {
+                let _ = thread.join();
+            }
+            if let Some(thread) = syncer {
+                let _ = thread.join();
+            }
+        })
+        .await;
+        let metrics = self.metrics();
+        *lock(&self.shared.final_metrics) = Some(metrics);
+        lock(&self.shared.store).take();
         info!("engine stopped");
     }
 }
@@ -601,7 +665,7 @@ async fn request_sync(shared: &Shared) -> Result<u64, EngineError> {
     let (reply, done) = oneshot::channel();
     shared
         .syncer
-        .send(reply)
+        .send(SyncMsg::Sync(reply))
         .await
         .map_err(|_| EngineError::ShuttingDown)?;
     let started = std::time::Instant::now();
@@ -612,16 +676,28 @@ async fn request_sync(shared: &Shared) -> Result<u64, EngineError> {
     result.map_err(EngineError::Storage)
 }
 
+/// A request to the syncer.
+enum SyncMsg {
+    Sync(oneshot::Sender<Result<u64, String>>),
+    /// Sync one last time and end the thread (structured shutdown).
+    Exit,
+}
+
 /// Group commit across partitions: every request that arrived while the previous sync ran
 /// is covered by the next one.
-fn run_syncer(
-    store: Arc<dyn Storage>,
-    mut requests: mpsc::Receiver<oneshot::Sender<Result<u64, String>>>,
-) {
-    while let Some(first) = requests.blocking_recv() {
-        let mut waiting = vec![first];
-        while let Ok(more) = requests.try_recv() {
-            waiting.push(more);
+fn run_syncer(store: Arc<dyn Storage>, mut requests: mpsc::Receiver<SyncMsg>) {
+    let mut exiting = false;
+    while !exiting {
+        let Some(first) = requests.blocking_recv() else {
+            return;
+        };
+        let mut waiting = Vec::new();
+        for message in std::iter::once(first).chain(std::iter::from_fn(|| requests.try_recv().ok()))
+        {
+            match message {
+                SyncMsg::Sync(reply) => waiting.push(reply),
+                SyncMsg::Exit => exiting = true,
+            }
         }
         let result = store
             .sync()
@@ -640,52 +716,69 @@ struct ArchiveJob {
     records: Vec<FinishedTransfer>,
 }
 
+/// A message to the archiver.
+enum ArchiveMsg {
+    Job(ArchiveJob),
+    /// Write and sync what is pending, then end the thread (structured shutdown).
+    Exit,
+}
+
 fn run_archiver(
     store: Arc<dyn Storage>,
-    mut jobs: mpsc::Receiver<ArchiveJob>,
+    mut jobs: mpsc::Receiver<ArchiveMsg>,
     shared: std::sync::Weak<Shared>,
     retention_ms: i64,
 ) {
     let mut last_prune = std::time::Instant::now();
     let mut done: Vec<(u32, u64)> = Vec::new();
     let mut last_sync = std::time::Instant::now();
+    let mut exiting = false;
     loop {
         // Write jobs as they come; make the archive durable at most every
         // ARCHIVE_SYNC_INTERVAL_MS (many small syncs starve the group commit's IO), and
         // only then tell the partitions, which drop their in-memory copies on that word.
-        let wait = Duration::from_millis(ARCHIVE_SYNC_INTERVAL_MS).saturating_sub(last_sync.elapsed());
-        let job = match jobs.try_recv() {
-            Ok(job) => Some(job),
-            Err(mpsc::error::TryRecvError::Empty) if done.is_empty() => match jobs.blocking_recv() {
-                Some(job) => Some(job),
-                None => return,
-            },
-            Err(mpsc::error::TryRecvError::Empty) => {
-                std::thread::sleep(wait.min(Duration::from_millis(1)));
-                None
+        let wait =
+            Duration::from_millis(ARCHIVE_SYNC_INTERVAL_MS).saturating_sub(last_sync.elapsed());
+        let message = if exiting {
+            None
+        } else {
+            match jobs.try_recv() {
+                Ok(message) => Some(message),
+                Err(mpsc::error::TryRecvError::Empty) if done.is_empty() => jobs.blocking_recv(),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    std::thread::sleep(wait.min(Duration::from_millis(1)));
+                    None
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => Some(ArchiveMsg::Exit),
             }
-            Err(mpsc::error::TryRecvError::Disconnected) if done.is_empty() => return,
-            Err(mpsc::error::TryRecvError::Disconnected) => None,
         };
-        if let Some(current) = job {
-            if let Err(e) = store.archive(&current.records) {
-                error!(error = %e, "archiving finished transfers failed; stopping the archiver");
-                return;
+        match message {
+            Some(ArchiveMsg::Job(job)) => {
+                if let Err(e) = store.archive(&job.records) {
+                    error!(error = %e, "archiving finished transfers failed; stopping the archiver");
+                    return;
+                }
+                done.push((job.partition, job.batch_seq));
             }
-            done.push((current.partition, current.batch_seq));
+            Some(ArchiveMsg::Exit) => exiting = true,
+            None => {}
         }
         let due = last_sync.elapsed() >= Duration::from_millis(ARCHIVE_SYNC_INTERVAL_MS);
-        if done.is_empty() || !(due || done.len() >= ARCHIVE_JOBS_PER_SYNC_MAX || jobs.is_closed()) {
-            continue;
+        if !done.is_empty() && (due || exiting || done.len() >= ARCHIVE_JOBS_PER_SYNC_MAX) {
+            last_sync = std::time::Instant::now();
+            if let Err(e) = store.sync_archive() {
+                error!(error = %e, "syncing the archive failed; stopping the archiver");
+                return;
+            }
+            if let Some(shared) = shared.upgrade() {
+                for (partition, batch_seq) in done.drain(..) {
+                    shared.archived_upto[partition as usize].store(batch_seq, Ordering::Release);
+                }
+            }
+            done.clear();
         }
-        last_sync = std::time::Instant::now();
-        if let Err(e) = store.sync_archive() {
-            error!(error = %e, "syncing the archive failed; stopping the archiver");
+        if exiting {
             return;
-        }
-        let Some(shared) = shared.upgrade() else { return };
-        for (partition, batch_seq) in done.drain(..) {
-            shared.archived_upto[partition as usize].store(batch_seq, Ordering::Release);
         }
         if last_prune.elapsed() >= Duration::from_millis(PRUNE_INTERVAL_MS) {
             last_prune = std::time::Instant::now();
@@ -783,6 +876,7 @@ fn recover(
 
 struct Actor {
     partition: u32,
+    store: Arc<dyn Storage>,
     epoch: u64,
     shared: Arc<Shared>,
     state: PartitionState,
@@ -869,7 +963,7 @@ impl Actor {
             if commands.is_empty() {
                 if let Some(oldest) = in_flight.pop_front() {
                     if let Err(e) = self.release(oldest).await {
-                        error!(partition = self.partition, error = %e, "partition stopped");
+                        self.stop(&e);
                         return;
                     }
                     continue;
@@ -911,7 +1005,7 @@ impl Actor {
             match self.stage(commands, replies).await {
                 Ok(entry) => in_flight.push_back(entry),
                 Err(e) => {
-                    error!(partition = self.partition, error = %e, "partition stopped");
+                    self.stop(&e);
                     return;
                 }
             }
@@ -920,13 +1014,13 @@ impl Actor {
             while in_flight.len() >= PIPELINE_DEPTH_MAX || (snapshot_due && !in_flight.is_empty()) {
                 let oldest = in_flight.pop_front().expect("not empty");
                 if let Err(e) = self.release(oldest).await {
-                    error!(partition = self.partition, error = %e, "partition stopped");
+                    self.stop(&e);
                     return;
                 }
             }
             if snapshot_due {
                 if let Err(e) = self.snapshot() {
-                    error!(partition = self.partition, error = %e, "partition stopped");
+                    self.stop(&e);
                     return;
                 }
             }
@@ -1010,7 +1104,7 @@ impl Actor {
         if let Some(record) = self.finished_cache.get(id) {
             return Some(record.clone());
         }
-        match self.shared.store.finished(id) {
+        match self.store.finished(id) {
             Ok(record) => record,
             Err(e) => {
                 error!(error = %e, "reading an archived transfer failed");
@@ -1052,8 +1146,7 @@ impl Actor {
             self.state.batch_seq, batch_seq,
             "batch numbering out of step"
         );
-        self.shared
-            .store
+        self.store
             .append_encoded(self.partition, batch_seq, &body)?;
         if cfg!(debug_assertions) {
             self.state.audit();
@@ -1066,7 +1159,7 @@ impl Actor {
         let (reply, done) = oneshot::channel();
         self.shared
             .syncer
-            .send(reply)
+            .send(SyncMsg::Sync(reply))
             .await
             .map_err(|_| EngineError::ShuttingDown)?;
         Ok(InFlight {
@@ -1132,7 +1225,7 @@ impl Actor {
             // A full archiver queue slows this partition down instead of growing memory.
             self.shared
                 .archiver
-                .send(job)
+                .send(ArchiveMsg::Job(job))
                 .await
                 .map_err(|_| EngineError::Storage("archiver stopped".into()))?;
         }
@@ -1160,6 +1253,12 @@ impl Actor {
         }
         self.trim_finished_cache();
         Ok(())
+    }
+
+    /// Records why this partition stops; its mailbox closes when the actor returns.
+    fn stop(&self, error: &EngineError) {
+        error!(partition = self.partition, error = %error, "partition stopped");
+        *lock(&self.shared.stats[self.partition as usize].stopped) = Some(error.to_string());
     }
 
     /// Sends a message into the receiver's log (its peer lane).
@@ -1209,11 +1308,8 @@ impl Actor {
             // Finished transfers the archiver may not have written yet: recovery writes them.
             unarchived: self.finished_cache.values().cloned().collect(),
         };
-        self.shared
-            .store
-            .write_snapshot(self.partition, &snapshot)?;
-        self.shared
-            .store
+        self.store.write_snapshot(self.partition, &snapshot)?;
+        self.store
             .truncate_batches(self.partition, snapshot.batch_seq)?;
         self.last_snapshot_batch = snapshot.batch_seq;
         Ok(())

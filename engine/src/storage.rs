@@ -473,13 +473,20 @@ impl Storage for Store {
         let flushed = std::time::Instant::now();
         self.data_file.sync_data().map_err(storage_err)?;
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.flush_us.fetch_add(flushed.duration_since(started).as_micros() as u64, Ordering::Relaxed);
-        self.fdatasync_us.fetch_add(flushed.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.flush_us.fetch_add(
+            flushed.duration_since(started).as_micros() as u64,
+            Ordering::Relaxed,
+        );
+        self.fdatasync_us
+            .fetch_add(flushed.elapsed().as_micros() as u64, Ordering::Relaxed);
         Ok(())
     }
 
     fn sync_time_us(&self) -> (u64, u64) {
-        (self.flush_us.load(Ordering::Relaxed), self.fdatasync_us.load(Ordering::Relaxed))
+        (
+            self.flush_us.load(Ordering::Relaxed),
+            self.fdatasync_us.load(Ordering::Relaxed),
+        )
     }
 
     fn fsyncs(&self) -> u64 {
@@ -536,13 +543,19 @@ mod tests {
         let store = Store::open(dir.path(), 1, 8 << 20).expect("open");
         // Many large batches into one leaf range, then rewrites and truncation.
         for seq in 1..=40u64 {
-            let inputs: Vec<_> = (0..20_000).map(|i| (Command::Tick { now_ms: i }, None)).collect();
-            store.append_batch(0, &borrowed(seq, &inputs)).expect("append");
+            let inputs: Vec<_> = (0..20_000)
+                .map(|i| (Command::Tick { now_ms: i }, None))
+                .collect();
+            store
+                .append_batch(0, &borrowed(seq, &inputs))
+                .expect("append");
             store.sync().expect("sync");
         }
         store.truncate_batches(0, 30).expect("truncate");
         store.sync().expect("sync");
-        let blobs = std::fs::read_dir(dir.path().join("sled").join("blobs")).expect("blobs dir").count();
+        let blobs = std::fs::read_dir(dir.path().join("sled").join("blobs"))
+            .expect("blobs dir")
+            .count();
         assert_eq!(blobs, 0, "sled wrote blob files, which it never fsyncs");
     }
 

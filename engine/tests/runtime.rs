@@ -1,0 +1,264 @@
+//! The in-process runtime end to end: results only after durability, recovery after a
+//! restart, a corrupt record stopping only its partition, overload answered at once.
+
+use engine::command::{Admin, Command, ErrorCode, Event, Fulfil, Prepare, TransferState};
+use engine::ids::{AccountKey, Currency, FspId, TransferId};
+use engine::limits::Limits;
+use engine::runtime::{now_ms, Hub, HubConfig, SubmitError};
+use engine::storage::{Storage, Store};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::time::Duration;
+use tokio::sync::mpsc::Receiver;
+
+const PARTITIONS: u32 = 4;
+
+fn fsp(name: &str) -> FspId {
+    FspId::new(name).expect("name")
+}
+
+fn usd() -> Currency {
+    Currency::new("USD").expect("currency")
+}
+
+fn id(n: u64) -> TransferId {
+    TransferId::parse(&format!("6f2a1c3e-0000-4000-8000-{n:012x}")).expect("id")
+}
+
+fn limits() -> Limits {
+    Limits {
+        snapshot_every_batches: 3,
+        ..Limits::default()
+    }
+}
+
+fn open(dir: &Path, limits: Limits) -> (Hub, Receiver<Event>) {
+    Hub::open(HubConfig {
+        data_dir: dir.to_path_buf(),
+        partitions: PARTITIONS,
+        limits,
+    })
+    .expect("open hub")
+}
+
+async fn provision(hub: &Hub, name: &str, ndc: i64, funds: i64, n: u64) {
+    let account = AccountKey::new(fsp(name), usd());
+    hub.admin(now_ms(), Admin::CreateAccount { account })
+        .await
+        .expect("create");
+    hub.admin(
+        now_ms(),
+        Admin::InitialPositionAndLimits {
+            account,
+            position: 0,
+            ndc,
+        },
+    )
+    .await
+    .expect("limits");
+    hub.admin(
+        now_ms(),
+        Admin::FundsIn {
+            account,
+            amount: funds,
+            funds_id: id(900_000 + n),
+        },
+    )
+    .await
+    .expect("funds");
+}
+
+/// Waits for the next event about `transfer`, skipping others.
+async fn next_about(events: &mut Receiver<Event>, transfer: TransferId) -> Event {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("an event within 10 s")
+            .expect("event stream open");
+        if event.transfer_id() == Some(transfer) {
+            return event;
+        }
+    }
+}
+
+fn prepare(n: u64, payer: &str, payee: &str, amount: i64, condition: [u8; 32]) -> Prepare {
+    Prepare {
+        transfer_id: id(n),
+        payer: fsp(payer),
+        payee: fsp(payee),
+        currency: usd(),
+        amount,
+        condition,
+        expiration_ms: now_ms() + 60_000,
+        body_hash: [n as u8; 16],
+        payload: b"original prepare".to_vec(),
+    }
+}
+
+fn fulfil(n: u64, payee: &str, fulfilment: [u8; 32]) -> Fulfil {
+    Fulfil {
+        transfer_id: id(n),
+        source: fsp(payee),
+        fulfilment,
+        completed_ms: now_ms(),
+        notify_payee: false,
+        body_hash: [0xf0 ^ n as u8; 16],
+        payload: Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_commit_and_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fulfilment = [9u8; 32];
+    let condition: [u8; 32] = Sha256::digest(fulfilment).into();
+    {
+        let (hub, mut events) = open(dir.path(), limits());
+        provision(&hub, "payerfsp", 100_000, 100_000, 1).await;
+        provision(&hub, "payeefsp", 100_000, 100_000, 2).await;
+        for n in 1..=20u64 {
+            hub.prepare(
+                now_ms(),
+                prepare(n, "payerfsp", "payeefsp", 1_000, condition),
+            )
+            .await
+            .expect("prepare");
+            match next_about(&mut events, id(n)).await {
+                Event::Reserved { payload, .. } => assert_eq!(payload, b"original prepare"),
+                other => panic!("expected Reserved, got {other:?}"),
+            }
+            if n <= 15 {
+                hub.fulfil(now_ms(), fulfil(n, "payeefsp", fulfilment))
+                    .await
+                    .expect("fulfil");
+                assert!(matches!(
+                    next_about(&mut events, id(n)).await,
+                    Event::Committed { .. }
+                ));
+            }
+        }
+        let payer = hub
+            .account(AccountKey::new(fsp("payerfsp"), usd()))
+            .await
+            .expect("payer");
+        assert_eq!((payer.position, payer.reserved), (15_000, 5_000));
+        let view = hub.get_transfer(id(3), fsp("payerfsp")).await.expect("get");
+        assert_eq!(view.state, TransferState::Committed);
+        assert_eq!(
+            hub.get_transfer(id(3), fsp("otherfsp")).await,
+            Err(ErrorCode::GenericClient)
+        );
+        assert_eq!(
+            hub.get_transfer(id(999), fsp("payerfsp")).await,
+            Err(ErrorCode::TransferNotFound)
+        );
+        hub.shutdown().await;
+    }
+    // Reopen: snapshot + WAL replay give back every acknowledged result.
+    let (hub, _events) = open(dir.path(), limits());
+    let payer = hub
+        .account(AccountKey::new(fsp("payerfsp"), usd()))
+        .await
+        .expect("payer");
+    let payee = hub
+        .account(AccountKey::new(fsp("payeefsp"), usd()))
+        .await
+        .expect("payee");
+    assert_eq!((payer.position, payer.reserved), (15_000, 5_000));
+    assert_eq!((payee.position, payee.reserved), (-15_000, 0));
+    assert_eq!(
+        hub.get_transfer(id(3), fsp("payeefsp"))
+            .await
+            .expect("get")
+            .state,
+        TransferState::Committed
+    );
+    assert_eq!(
+        hub.get_transfer(id(18), fsp("payeefsp"))
+            .await
+            .expect("get")
+            .state,
+        TransferState::Reserved
+    );
+    assert!(hub
+        .partitions()
+        .iter()
+        .all(|p| p.epoch == 2 && p.stopped.is_none()));
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_record_stops_only_its_partition_and_names_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (hub, _events) = open(dir.path(), Limits::default());
+        provision(&hub, "payerfsp", 100_000, 100_000, 1).await;
+        hub.shutdown().await;
+    }
+    let victim = 1u32;
+    {
+        let store = Store::open(dir.path(), PARTITIONS, 8 << 20).expect("store");
+        let next = store
+            .batches_after(victim, 0)
+            .expect("read")
+            .last()
+            .map(|r| r.batch_seq)
+            .unwrap_or(0)
+            + 1;
+        store
+            .append_encoded(victim, next, &[0xde, 0xad, 0xbe, 0xef])
+            .expect("write garbage");
+        store.sync().expect("sync");
+    }
+    let (hub, _events) = open(dir.path(), Limits::default());
+    let statuses = hub.partitions();
+    let reason = statuses[victim as usize]
+        .stopped
+        .clone()
+        .expect("victim stopped");
+    assert!(
+        reason.contains(&format!("partition {victim}")) && reason.contains("wal/"),
+        "{reason}"
+    );
+    assert!(statuses
+        .iter()
+        .filter(|s| s.partition != victim)
+        .all(|s| s.stopped.is_none()));
+    // Commands for the stopped partition are refused with the reason; others still work.
+    let error = hub
+        .submit(victim, Command::Tick { now_ms: now_ms() })
+        .await
+        .expect_err("stopped");
+    assert!(
+        matches!(error, SubmitError::PartitionStopped { partition, .. } if partition == victim)
+    );
+    let alive = (0..PARTITIONS)
+        .find(|p| *p != victim)
+        .expect("another partition");
+    hub.submit(alive, Command::Tick { now_ms: now_ms() })
+        .await
+        .expect("healthy partition works");
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_mailbox_answers_overloaded_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (hub, _events) = open(
+        dir.path(),
+        Limits {
+            mailbox_capacity: 4,
+            ..Limits::default()
+        },
+    );
+    let mut overloaded = 0;
+    for _ in 0..10_000 {
+        match hub.enqueue(0, Command::Tick { now_ms: now_ms() }) {
+            Ok(()) => {}
+            Err(SubmitError::Overloaded { partition: 0 }) => overloaded += 1,
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+    assert!(overloaded > 0, "a bounded mailbox must refuse when full");
+    hub.shutdown().await;
+}

@@ -4,6 +4,7 @@
 
 pub mod codec;
 pub mod command;
+pub mod filter;
 pub mod ids;
 pub mod limits;
 pub mod machine;

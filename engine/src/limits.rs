@@ -34,6 +34,10 @@ pub struct Limits {
     pub peer_reorder_window_max: usize,
     /// sled page cache, in bytes.
     pub sled_cache_bytes: u64,
+    /// Memory for the "certainly not archived" filters of all partitions together
+    /// (about 1.25 bytes per finished transfer inside the retention window; beyond that,
+    /// duplicate checks of new transfers go to disk: slower, still exact).
+    pub archive_filter_bytes_max: usize,
 }
 
 impl Default for Limits {
@@ -54,6 +58,7 @@ impl Default for Limits {
             events_capacity: 65_536,
             peer_reorder_window_max: 100_000,
             sled_cache_bytes: 256 * 1024 * 1024,
+            archive_filter_bytes_max: 128 * 1024 * 1024,
         }
     }
 }

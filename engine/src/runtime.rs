@@ -21,6 +21,7 @@ use crate::command::{
     Admin, Command, ErrorCode, Event, FinishedTransfer, Fulfil, Prepare, Reject, TimestampMs,
     TransferState,
 };
+use crate::filter::ArchiveFilter;
 use crate::ids::{AccountKey, FspId, TransferId};
 use crate::limits::Limits;
 use crate::machine::account::Money;
@@ -127,7 +128,7 @@ struct ClientRequest {
 enum Query {
     Transfer {
         id: TransferId,
-        reply: oneshot::Sender<Option<TransferView>>,
+        reply: oneshot::Sender<Result<Option<TransferView>, ErrorCode>>,
     },
     Account {
         account: AccountKey,
@@ -314,7 +315,32 @@ impl Hub {
             .map_err(|e| EngineError::Storage(e.to_string()))?;
         *lock(&shared.archiver_thread) = Some(archiver);
 
-        // 4. The actors.
+        // 4. The filters: filled from the archive in the background; until a partition
+        //    has its filter, its duplicate checks all go to disk.
+        let filter_bytes = limits.archive_filter_bytes_max / n;
+        let mut filter_txs = Vec::with_capacity(n);
+        let mut filter_rxs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, rx) = oneshot::channel();
+            filter_txs.push(tx);
+            filter_rxs.push(Some(rx));
+        }
+        let loader_store = store.clone();
+        let loader_retention_ms = limits.retention_ms;
+        std::thread::Builder::new()
+            .name("engine-filter-loader".into())
+            .spawn(move || {
+                load_filters(
+                    loader_store,
+                    filter_txs,
+                    partitions,
+                    filter_bytes,
+                    loader_retention_ms,
+                )
+            })
+            .map_err(|e| EngineError::Storage(e.to_string()))?;
+
+        // 5. The actors.
         let hub = Hub {
             shared: shared.clone(),
         };
@@ -342,6 +368,9 @@ impl Hub {
             let actor = Actor {
                 partition: p as u32,
                 store: store.clone(),
+                filter: ArchiveFilter::new(filter_bytes),
+                filter_loaded: filter_rxs[p].take(),
+                filter_pending: Vec::new(),
                 epoch,
                 shared: shared.clone(),
                 state: rec.state,
@@ -358,7 +387,7 @@ impl Hub {
             let span = info_span!("partition", partition = p, epoch = epoch);
             tasks.push(tokio::spawn(actor.run(republish).instrument(span)));
         }
-        // 5. The ticker: expiry and idle returns.
+        // 6. The ticker: expiry and idle returns.
         let ticker = hub.clone();
         tasks.push(tokio::spawn(async move { ticker.run_ticker().await }));
         *lock(&shared.tasks) = tasks;
@@ -472,7 +501,7 @@ impl Hub {
         self.shared.queries[p as usize]
             .try_send(Query::Transfer { id, reply })
             .map_err(|_| ErrorCode::ServiceUnavailable)?;
-        let view = answer.await.map_err(|_| ErrorCode::ServiceUnavailable)?;
+        let view = answer.await.map_err(|_| ErrorCode::ServiceUnavailable)??;
         match view {
             None => Err(ErrorCode::TransferNotFound),
             Some(view) if view.payer != source && view.payee != source => {
@@ -789,6 +818,51 @@ fn run_archiver(
     }
 }
 
+/// Hub time carried by a command, if any.
+fn command_time(command: &Command) -> Option<TimestampMs> {
+    match command {
+        Command::Prepare { now_ms, .. }
+        | Command::Fulfil { now_ms, .. }
+        | Command::Reject { now_ms, .. }
+        | Command::Tick { now_ms }
+        | Command::Admin { now_ms, .. } => Some(*now_ms),
+        Command::Peer { .. } => None,
+    }
+}
+
+/// Fills one filter per partition from the archive (transfers inside retention only) and
+/// hands each to its actor.
+fn load_filters(
+    store: Arc<dyn Storage>,
+    senders: Vec<oneshot::Sender<ArchiveFilter>>,
+    partitions: u32,
+    filter_bytes: usize,
+    retention_ms: i64,
+) {
+    let mut filters: Vec<ArchiveFilter> = (0..partitions)
+        .map(|_| ArchiveFilter::new(filter_bytes))
+        .collect();
+    let oldest_ms = now_ms() - retention_ms;
+    let mut records = Vec::new();
+    let result = store.for_each_finished(&mut |record| {
+        if record.finished_ms >= oldest_ms {
+            records.push((record.finished_ms, record.parties.transfer_id.route_hash()));
+        }
+    });
+    if let Err(e) = result {
+        error!(error = %e, "filling the archive filters failed; duplicate checks go to disk");
+        return; // dropping the senders tells the actors
+    }
+    // Oldest first, so that the filters' generations follow finishing time.
+    records.sort_unstable();
+    for (finished_ms, hash) in records {
+        filters[(hash % u64::from(partitions)) as usize].insert(hash, finished_ms);
+    }
+    for (filter, sender) in filters.into_iter().zip(senders) {
+        let _ = sender.send(filter);
+    }
+}
+
 /// A partition as recovered from storage.
 struct Recovered {
     state: PartitionState,
@@ -877,6 +951,12 @@ fn recover(
 struct Actor {
     partition: u32,
     store: Arc<dyn Storage>,
+    /// Rules out most archive lookups for new transfer ids (see `filter.rs`).
+    filter: ArchiveFilter,
+    /// The filter filled from the archive at start arrives here.
+    filter_loaded: Option<oneshot::Receiver<ArchiveFilter>>,
+    /// Finished transfers recorded since start, replayed into the loaded filter.
+    filter_pending: Vec<(u64, i64)>,
     epoch: u64,
     shared: Arc<Shared>,
     state: PartitionState,
@@ -906,7 +986,10 @@ struct InFlight {
 
 /// A query answer held back until the state it was read from is durable.
 enum Answer {
-    Transfer(oneshot::Sender<Option<TransferView>>, Option<TransferView>),
+    Transfer(
+        oneshot::Sender<Result<Option<TransferView>, ErrorCode>>,
+        Result<Option<TransferView>, ErrorCode>,
+    ),
     Account(oneshot::Sender<Option<SliceFigures>>, Option<SliceFigures>),
 }
 
@@ -1053,7 +1136,7 @@ impl Actor {
         match query {
             Query::Transfer { id, reply } => {
                 let view = if let Some(open) = self.state.transfers.get(&id) {
-                    Some(TransferView {
+                    Ok(Some(TransferView {
                         transfer_id: id,
                         payer: open.parties.payer,
                         payee: open.parties.payee,
@@ -1064,16 +1147,22 @@ impl Actor {
                         },
                         fulfilment: None,
                         completed_ms: None,
-                    })
+                    }))
                 } else {
-                    self.lookup_finished(&id).map(|record| TransferView {
-                        transfer_id: id,
-                        payer: record.parties.payer,
-                        payee: record.parties.payee,
-                        state: record.state,
-                        fulfilment: record.fulfilment,
-                        completed_ms: record.completed_ms,
-                    })
+                    match self.lookup_finished(&id, None) {
+                        Ok(record) => Ok(record.map(|record| TransferView {
+                            transfer_id: id,
+                            payer: record.parties.payer,
+                            payee: record.parties.payee,
+                            state: record.state,
+                            fulfilment: record.fulfilment,
+                            completed_ms: record.completed_ms,
+                        })),
+                        Err(e) => {
+                            error!(partition = self.partition, error = %e, "reading an archived transfer failed");
+                            Err(ErrorCode::Internal)
+                        }
+                    }
                 };
                 Answer::Transfer(reply, view)
             }
@@ -1100,15 +1189,52 @@ impl Actor {
         }
     }
 
-    fn lookup_finished(&self, id: &TransferId) -> Option<FinishedTransfer> {
+    /// The archived record of a transfer that is not open here, if any. `now_ms` is the
+    /// hub time of the command asking (the filter only speaks for the retention window).
+    fn lookup_finished(
+        &self,
+        id: &TransferId,
+        now_ms: Option<TimestampMs>,
+    ) -> Result<Option<FinishedTransfer>, EngineError> {
         if let Some(record) = self.finished_cache.get(id) {
-            return Some(record.clone());
+            return Ok(Some(record.clone()));
         }
-        match self.store.finished(id) {
-            Ok(record) => record,
-            Err(e) => {
-                error!(error = %e, "reading an archived transfer failed");
-                None
+        if let Some(now_ms) = now_ms {
+            if !self
+                .filter
+                .might_contain(id.route_hash(), now_ms, self.shared.limits.retention_ms)
+            {
+                return Ok(None);
+            }
+        }
+        self.store.finished(id)
+    }
+
+    /// Remembers finished transfers in the filter (and for the loaded one, if pending).
+    fn filter_insert(&mut self, records: &[FinishedTransfer]) {
+        if let Some(loading) = self.filter_loaded.as_mut() {
+            match loading.try_recv() {
+                Ok(mut loaded) => {
+                    for (hash, finished_ms) in self.filter_pending.drain(..) {
+                        loaded.insert(hash, finished_ms);
+                    }
+                    loaded.mark_complete();
+                    self.filter = loaded;
+                    self.filter_loaded = None;
+                }
+                Err(oneshot::error::TryRecvError::Empty) => {}
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    // The loader failed (it logged why): keep going to disk for every check.
+                    self.filter_loaded = None;
+                    self.filter_pending.clear();
+                }
+            }
+        }
+        for record in records {
+            let hash = record.parties.transfer_id.route_hash();
+            self.filter.insert(hash, record.finished_ms);
+            if self.filter_loaded.is_some() {
+                self.filter_pending.push((hash, record.finished_ms));
             }
         }
     }
@@ -1128,7 +1254,9 @@ impl Actor {
                     .store(false, Ordering::Release);
             }
             let prior = match command.transfer_id() {
-                Some(id) if !self.state.is_open(&id) => self.lookup_finished(&id),
+                Some(id) if !self.state.is_open(&id) => {
+                    self.lookup_finished(&id, command_time(&command))?
+                }
                 _ => None,
             };
             inputs.push(Input { command, prior });
@@ -1151,6 +1279,7 @@ impl Actor {
         if cfg!(debug_assertions) {
             self.state.audit();
         }
+        self.filter_insert(&output.finished);
         // Finished transfers stay readable (GET, duplicates) until the archiver has them.
         for record in &output.finished {
             self.finished_cache

@@ -108,6 +108,11 @@ pub trait Storage: Send + Sync + 'static {
     /// Makes the archive durable: its own sled flush, then fdatasync of its data file.
     fn sync_archive(&self) -> Result<(), EngineError>;
     fn finished(&self, transfer_id: &TransferId) -> Result<Option<FinishedTransfer>, EngineError>;
+    /// Calls `visit` with every archived transfer (used to fill the filters at start).
+    fn for_each_finished(
+        &self,
+        visit: &mut dyn FnMut(&FinishedTransfer),
+    ) -> Result<(), EngineError>;
     /// Removes archived transfers that finished before `before_ms`; returns how many.
     fn prune_finished(&self, before_ms: i64, scan_max: usize) -> Result<usize, EngineError>;
     fn registry_put(&self, key: &str, value: &[u8]) -> Result<(), EngineError>;
@@ -424,6 +429,20 @@ impl Storage for Store {
                 .map(Some)
                 .map_err(|e| corrupt(0, &format!("finished/{transfer_id}"), e)),
         }
+    }
+
+    fn for_each_finished(
+        &self,
+        visit: &mut dyn FnMut(&FinishedTransfer),
+    ) -> Result<(), EngineError> {
+        for item in self.finished.iter() {
+            let (key, raw) = item.map_err(storage_err)?;
+            let record: FinishedTransfer = crate::codec::decode(&raw).map_err(|e| {
+                corrupt(0, &format!("finished/{}", String::from_utf8_lossy(&key)), e)
+            })?;
+            visit(&record);
+        }
+        Ok(())
     }
 
     fn prune_finished(&self, before_ms: i64, scan_max: usize) -> Result<usize, EngineError> {

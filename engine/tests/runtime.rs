@@ -155,7 +155,7 @@ async fn transfers_commit_and_survive_a_restart() {
         hub.shutdown().await;
     }
     // Reopen: snapshot + WAL replay give back every acknowledged result.
-    let (hub, _events) = open(dir.path(), limits());
+    let (hub, mut events) = open(dir.path(), limits());
     let payer = hub
         .account(AccountKey::new(fsp("payerfsp"), usd()))
         .await
@@ -184,6 +184,44 @@ async fn transfers_commit_and_survive_a_restart() {
         .partitions()
         .iter()
         .all(|p| p.epoch == 2 && p.stopped.is_none()));
+    // Duplicates of archived transfers are still recognised after the restart, both
+    // while the archive filters load and after (exact answers either way).
+    for round in 0..2u64 {
+        if round == 1 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let n = 3 + round;
+        hub.prepare(
+            now_ms(),
+            prepare(n, "payerfsp", "payeefsp", 1_000, condition),
+        )
+        .await
+        .expect("resend");
+        match next_about(&mut events, id(n)).await {
+            Event::StateResent {
+                state,
+                fulfilment: Some(f),
+                ..
+            } => {
+                assert_eq!((state, f), (TransferState::Committed, fulfilment))
+            }
+            other => panic!("expected the committed state re-sent, got {other:?}"),
+        }
+        let mut modified = prepare(n, "payerfsp", "payeefsp", 1_000, condition);
+        modified.body_hash = [0xee; 16];
+        hub.prepare(now_ms(), modified)
+            .await
+            .expect("modified resend");
+        match next_about(&mut events, id(n)).await {
+            Event::RequestRefused { code, .. } => assert_eq!(code, ErrorCode::ModifiedRequest),
+            other => panic!("expected 3106, got {other:?}"),
+        }
+    }
+    let payer = hub
+        .account(AccountKey::new(fsp("payerfsp"), usd()))
+        .await
+        .expect("payer");
+    assert_eq!(payer.reserved, 5_000, "duplicates reserved nothing");
     hub.shutdown().await;
 }
 

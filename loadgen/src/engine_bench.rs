@@ -132,9 +132,13 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
     if args.hot_payer_pct > 100 {
         bail!("--hot-payer-pct must be 0..=100");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // One worker per core (the default); WORKERS overrides it for experiments.
+    let workers = std::env::var("WORKERS").ok().and_then(|v| v.parse().ok());
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers);
+    }
+    let runtime = builder.enable_all().build()?;
     runtime.block_on(run_async(args))
 }
 
@@ -428,7 +432,9 @@ async fn client_loop(shared: Arc<Shared>, client: u64) -> (Histogram<u64>, Histo
                 // everything submitted so far (this one included), minus only the releases
                 // and credits known before this prepare was submitted. If even that fits
                 // the limit, the refusal was certainly false.
-                let used_max = shared.submitted[payer].load(Ordering::SeqCst) - released_before - credits_before;
+                let used_max = shared.submitted[payer].load(Ordering::SeqCst)
+                    - released_before
+                    - credits_before;
                 shared.released[payer].fetch_add(amount, Ordering::SeqCst);
                 shared.refusals.fetch_add(1, Ordering::Relaxed);
                 if used_max <= shared.ndc {

@@ -1381,6 +1381,12 @@ impl Actor {
             }
         }
         self.trim_finished_cache();
+        // Over its bound, the cache waits for the archiver instead of growing: this
+        // partition slows down (its mailbox fills and answers "overloaded").
+        while self.finished_cache.len() > self.shared.limits.finished_cache_max {
+            tokio::time::sleep(Duration::from_millis(ARCHIVE_SYNC_INTERVAL_MS / 10)).await;
+            self.trim_finished_cache();
+        }
         Ok(())
     }
 
@@ -1413,8 +1419,7 @@ impl Actor {
             .retain(|(to, seq), _| *seq > confirmed[*to as usize * n + me].load(Ordering::Acquire));
     }
 
-    /// Drops cached finished transfers once the archiver has written them; waits for the
-    /// archiver when the cache is over its bound.
+    /// Drops cached finished transfers once the archiver has made them durable.
     fn trim_finished_cache(&mut self) {
         let archived = self.shared.archived_upto[self.partition as usize].load(Ordering::Acquire);
         while let Some((batch, _)) = self.finished_order.front() {

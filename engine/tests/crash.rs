@@ -13,6 +13,16 @@ const WORKER: &str = env!("CARGO_BIN_EXE_engine-crash-worker");
 /// Bound on the whole test, whatever happens.
 const TEST_DEADLINE: Duration = Duration::from_secs(600);
 
+/// Kills the worker if the test fails half-way, so no orphan keeps running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn kills() -> usize {
     std::env::var("CRASH_KILLS")
         .ok()
@@ -34,18 +44,20 @@ fn sigkill_under_load_loses_no_released_result() {
             started.elapsed() < TEST_DEADLINE,
             "crash test ran out of time"
         );
-        let mut child = Command::new(WORKER)
-            .args([
-                "run",
-                data.to_str().expect("utf-8 path"),
-                &(kill as u64 + 1).to_string(),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start worker");
+        let mut child = KillOnDrop(
+            Command::new(WORKER)
+                .args([
+                    "run",
+                    data.to_str().expect("utf-8 path"),
+                    &(kill as u64 + 1).to_string(),
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start worker"),
+        );
         // Read released results on a thread so the kill can land at any moment.
-        let stdout = child.stdout.take().expect("stdout");
+        let stdout = child.0.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel::<String>();
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -64,8 +76,8 @@ fn sigkill_under_load_loses_no_released_result() {
         rng ^= rng << 17;
         std::thread::sleep(Duration::from_millis(50 + rng % 500));
         // SIGKILL: nothing gets to flush or clean up.
-        child.kill().expect("kill worker");
-        let status = child.wait().expect("reap worker");
+        child.0.kill().expect("kill worker");
+        let status = child.0.wait().expect("reap worker");
         assert!(!status.success(), "worker must have been killed");
         reader.join().expect("reader thread");
         let mut lines = vec![first];

@@ -112,7 +112,18 @@ async fn provision(hub: &Hub) -> Result<(), String> {
 }
 
 async fn run(dir: PathBuf, seed: u64) -> Result<(), String> {
-    let (hub, mut events) = Hub::open(config(dir)).map_err(|e| e.to_string())?;
+    let (hub, mut engine_events) = Hub::open(config(dir)).map_err(|e| e.to_string())?;
+    // Drain the event stream from the start: after a restart the engine republishes the
+    // replayed batches' events, and an unread stream would hold the partitions back
+    // (back-pressure) while provisioning waits for them.
+    let (forward, mut events) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(event) = engine_events.recv().await {
+            if forward.send(event).is_err() {
+                break;
+            }
+        }
+    });
     provision(&hub).await?;
     let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let mut next = move || {
@@ -199,15 +210,15 @@ async fn run(dir: PathBuf, seed: u64) -> Result<(), String> {
                 format!("R {} {}", parties.transfer_id, parties.payer)
             }
             Event::Committed { parties, .. } => {
-                in_flight -= 1;
+                in_flight = in_flight.saturating_sub(1);
                 format!("C {} {}", parties.transfer_id, parties.payer)
             }
             Event::Aborted { parties, .. } => {
-                in_flight -= 1;
+                in_flight = in_flight.saturating_sub(1);
                 format!("A {} {}", parties.transfer_id, parties.payer)
             }
             Event::PrepareRefused { .. } => {
-                in_flight -= 1;
+                in_flight = in_flight.saturating_sub(1);
                 continue;
             }
             _ => continue,

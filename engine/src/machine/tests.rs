@@ -1,1 +1,1088 @@
+//! Unit tests of the partition state machine, through its public surface: commands in,
+//! events and peer messages out. A small in-memory `Hub` plays the runtime: it applies one
+//! batch at a time, keeps the archive of finished transfers (handed back as
+//! `Input::prior`, as the runtime does) and delivers peer messages in order.
 
+use super::*;
+use crate::command::{Admin, Fulfil, Prepare, Reject};
+use crate::ids::Currency;
+use std::collections::VecDeque;
+
+const T0: TimestampMs = 1_700_000_000_000;
+
+fn fsp(name: &str) -> FspId {
+    FspId::new(name).expect("valid participant name")
+}
+
+fn usd(name: &str) -> AccountKey {
+    AccountKey::new(fsp(name), Currency::new("USD").expect("currency"))
+}
+
+fn tid(n: u64) -> TransferId {
+    TransferId::parse(&format!("00000000-0000-4000-8000-{n:012x}")).expect("valid id")
+}
+
+/// The preimage the payee of transfer `n` knows.
+fn fulfilment(n: u64) -> [u8; 32] {
+    Sha256::digest(n.to_be_bytes()).into()
+}
+
+/// The first transfer number `>= from` that routes to `partition`.
+fn id_on(partition: u32, partitions: u32, from: u64) -> u64 {
+    let count = sharding::PartitionCount::new(partitions).expect("count");
+    (from..)
+        .find(|n| sharding::transfer_partition(tid(*n).as_str(), count) == partition)
+        .expect("some id routes there")
+}
+
+/// A participant name whose USD account has its home at `partition`.
+fn name_homed_at(partition: u32, partitions: u32, prefix: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|name| home_of(&usd(name), partitions) == partition)
+        .expect("some name homes there")
+}
+
+/// Partitions wired together in memory.
+struct Hub {
+    parts: Vec<PartitionState>,
+    archive: HashMap<TransferId, FinishedTransfer>,
+    /// Peer messages not yet delivered, in the order they were sent.
+    in_flight: VecDeque<(u32, Outgoing)>,
+    now_ms: TimestampMs,
+    next_request: u64,
+}
+
+impl Hub {
+    fn new(partitions: u32) -> Hub {
+        Hub {
+            parts: (0..partitions)
+                .map(|p| PartitionState::new(p, partitions, Limits::default()))
+                .collect(),
+            archive: HashMap::new(),
+            in_flight: VecDeque::new(),
+            now_ms: T0,
+            next_request: 1,
+        }
+    }
+
+    fn partitions(&self) -> u32 {
+        self.parts.len() as u32
+    }
+
+    /// Applies `commands` as one batch on partition `p`; its peer messages join the
+    /// in-flight queue (they are also left in the returned output, for inspection).
+    fn apply(&mut self, p: u32, commands: Vec<Command>) -> Output {
+        let inputs = commands
+            .into_iter()
+            .map(|command| {
+                let prior = command
+                    .transfer_id()
+                    .filter(|id| !self.parts[p as usize].is_open(id))
+                    .and_then(|id| self.archive.get(&id).cloned());
+                Input { command, prior }
+            })
+            .collect();
+        let out = self.parts[p as usize].apply_batch(inputs);
+        for record in &out.finished {
+            self.archive
+                .insert(record.parties.transfer_id, record.clone());
+        }
+        for message in &out.messages {
+            self.in_flight.push_back((p, message.clone()));
+        }
+        self.parts[p as usize].audit();
+        out
+    }
+
+    /// Delivers one in-flight message (one batch at its destination).
+    fn deliver_one(&mut self) -> Option<Output> {
+        let (from, Outgoing { to, seq, message }) = self.in_flight.pop_front()?;
+        Some(self.apply(to, vec![Command::Peer { from, seq, message }]))
+    }
+
+    /// Delivers until nothing is in flight; returns every event produced meanwhile.
+    fn deliver_all(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        while let Some(out) = self.deliver_one() {
+            events.extend(out.events);
+        }
+        events
+    }
+
+    /// Applies one batch, then delivers everything: all events of the exchange.
+    fn run(&mut self, p: u32, commands: Vec<Command>) -> Vec<Event> {
+        let mut events = self.apply(p, commands).events;
+        events.extend(self.deliver_all());
+        events
+    }
+
+    fn admin_command(&mut self, admin: Admin) -> Command {
+        let request_id = self.next_request;
+        self.next_request += 1;
+        Command::Admin {
+            now_ms: self.now_ms,
+            request_id,
+            admin,
+        }
+    }
+
+    /// An admin request at the account's home, run to completion: its result code.
+    fn admin(&mut self, account: AccountKey, admin: Admin) -> Option<ErrorCode> {
+        let command = self.admin_command(admin);
+        let Command::Admin { request_id, .. } = command else {
+            unreachable!()
+        };
+        let home = home_of(&account, self.partitions());
+        let events = self.run(home, vec![command]);
+        let results: Vec<Option<ErrorCode>> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::AdminDone {
+                    request_id: done,
+                    code,
+                    ..
+                } if *done == request_id => Some(*code),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(results.len(), 1, "one result per admin request: {events:?}");
+        results[0]
+    }
+
+    /// Creates an account everywhere and sets its initial position, NDC and funds.
+    fn open_account(&mut self, account: AccountKey, position: i64, ndc: i64, funds: i64) {
+        for p in 0..self.partitions() {
+            let command = self.admin_command(Admin::CreateAccount { account });
+            self.run(p, vec![command]);
+        }
+        let limits = Admin::InitialPositionAndLimits {
+            account,
+            position,
+            ndc,
+        };
+        assert_eq!(self.admin(account, limits), None);
+        if funds > 0 {
+            let funds_id = tid(900_000_000 + self.next_request);
+            let funds_in = Admin::FundsIn {
+                account,
+                amount: funds,
+                funds_id,
+            };
+            assert_eq!(self.admin(account, funds_in), None);
+        }
+    }
+
+    fn prepare(&self, n: u64, payer: &str, payee: &str, amount: i64) -> Command {
+        Command::Prepare {
+            now_ms: self.now_ms,
+            prepare: Prepare {
+                transfer_id: tid(n),
+                payer: fsp(payer),
+                payee: fsp(payee),
+                currency: Currency::new("USD").expect("currency"),
+                amount,
+                condition: Sha256::digest(fulfilment(n)).into(),
+                expiration_ms: self.now_ms + 60_000,
+                body_hash: [n as u8; 16],
+                payload: format!("prepare {n}").into_bytes(),
+            },
+        }
+    }
+
+    fn fulfil(&self, n: u64, payee: &str) -> Command {
+        Command::Fulfil {
+            now_ms: self.now_ms,
+            fulfil: Fulfil {
+                transfer_id: tid(n),
+                source: fsp(payee),
+                fulfilment: fulfilment(n),
+                completed_ms: self.now_ms,
+                notify_payee: true,
+                body_hash: [0xf0; 16],
+                payload: format!("fulfil {n}").into_bytes(),
+            },
+        }
+    }
+
+    fn reject(&self, n: u64, payee: &str, error_code: u16) -> Command {
+        Command::Reject {
+            now_ms: self.now_ms,
+            reject: Reject {
+                transfer_id: tid(n),
+                source: fsp(payee),
+                error_code,
+                body_hash: [0xe0; 16],
+                payload: Vec::new(),
+            },
+        }
+    }
+
+    fn bank(&self, account: &AccountKey) -> &Bank {
+        let home = home_of(account, self.partitions()) as usize;
+        self.parts[home].accounts[account]
+            .bank
+            .as_ref()
+            .expect("the home has the bank")
+    }
+
+    fn slice(&self, p: u32, account: &AccountKey) -> &account::Slice {
+        &self.parts[p as usize].accounts[account].slice
+    }
+
+    /// (position, reserved, limit) of an account, summed over all partitions, after
+    /// checking DESIGN §5's bookkeeping with nothing in flight:
+    /// `bank + Σ slice headroom == limit − position − reserved`.
+    fn account(&self, account: &AccountKey) -> (Money, Money, Money) {
+        assert!(self.in_flight.is_empty(), "deliver everything first");
+        let bank = self.bank(account);
+        let mut position = bank.base_position;
+        let mut reserved = 0;
+        let mut headroom = 0;
+        for part in &self.parts {
+            if let Some(entry) = part.accounts.get(account) {
+                position += entry.slice.position;
+                reserved += entry.slice.reserved;
+                headroom += entry.slice.headroom;
+            }
+        }
+        assert_eq!(
+            bank.bank + headroom,
+            bank.limit() - position - reserved,
+            "headroom bookkeeping of {account:?}"
+        );
+        (position, reserved, bank.limit())
+    }
+}
+
+/// The single event of a list, or a panic naming them all.
+fn only(events: &[Event]) -> &Event {
+    assert_eq!(events.len(), 1, "expected one event, got {events:?}");
+    &events[0]
+}
+
+fn refusal_code(events: &[Event]) -> ErrorCode {
+    match only(events) {
+        Event::PrepareRefused { code, .. } => *code,
+        other => panic!("expected a prepare refusal, got {other:?}"),
+    }
+}
+
+/// One partition, two DFSPs with room to trade.
+fn two_dfsps() -> Hub {
+    let mut hub = Hub::new(1);
+    hub.open_account(usd("dfsp1"), 0, 1_000, 1_000);
+    hub.open_account(usd("dfsp2"), 0, 1_000, 1_000);
+    hub
+}
+
+// ----- transfers --------------------------------------------------------------------------
+
+#[test]
+fn golden_path_prepare_then_fulfil_commits() {
+    let mut hub = two_dfsps();
+    let events = hub.run(0, vec![hub.prepare(1, "dfsp1", "dfsp2", 100)]);
+    match only(&events) {
+        Event::Reserved {
+            parties,
+            expiration_ms,
+            payload,
+        } => {
+            assert_eq!(parties.transfer_id, tid(1));
+            assert_eq!((parties.payer, parties.payee), (fsp("dfsp1"), fsp("dfsp2")));
+            assert_eq!(parties.amount, 100);
+            assert_eq!(*expiration_ms, T0 + 60_000);
+            assert_eq!(
+                payload, b"prepare 1",
+                "the prepare is forwarded as received"
+            );
+        }
+        other => panic!("expected RESERVED, got {other:?}"),
+    }
+    assert_eq!(hub.account(&usd("dfsp1")), (0, 100, 1_000));
+    assert!(hub.parts[0].is_open(&tid(1)));
+
+    let out = hub.apply(0, vec![hub.fulfil(1, "dfsp2")]);
+    match only(&out.events) {
+        Event::Committed {
+            parties,
+            fulfilment: sent,
+            notify_payee,
+            payload,
+            ..
+        } => {
+            assert_eq!(parties.transfer_id, tid(1));
+            assert_eq!(*sent, fulfilment(1));
+            assert!(notify_payee);
+            assert_eq!(payload, b"fulfil 1");
+        }
+        other => panic!("expected COMMITTED, got {other:?}"),
+    }
+    assert_eq!(out.finished.len(), 1);
+    assert_eq!(out.finished[0].state, TransferState::Committed);
+    assert_eq!(out.finished[0].final_hash, Some([0xf0; 16]));
+    assert!(
+        !hub.parts[0].is_open(&tid(1)),
+        "finished transfers leave memory"
+    );
+    // The payer's reservation became a debit; the payee's position dropped by as much.
+    assert_eq!(hub.account(&usd("dfsp1")), (100, 0, 1_000));
+    assert_eq!(hub.account(&usd("dfsp2")), (-100, 0, 1_000));
+}
+
+#[test]
+fn golden_path_across_partitions_borrows_from_the_home() {
+    let partitions = 4;
+    let mut hub = Hub::new(partitions);
+    let payer = name_homed_at(0, partitions, "payer");
+    hub.open_account(usd(&payer), 0, 1_000, 1_000);
+    hub.open_account(usd("dfsp2"), 0, 1_000, 1_000);
+    let n = id_on(2, partitions, 1);
+    // The slice on partition 2 has no headroom: the prepare parks and borrows.
+    let out = hub.apply(2, vec![hub.prepare(n, &payer, "dfsp2", 100)]);
+    assert!(
+        out.events.is_empty(),
+        "parked while borrowing: {:?}",
+        out.events
+    );
+    assert!(matches!(
+        out.messages.as_slice(),
+        [Outgoing {
+            to: 0,
+            message: PeerMessage::Borrow { amount: 100, .. },
+            ..
+        }]
+    ));
+    let events = hub.deliver_all();
+    assert!(matches!(only(&events), Event::Reserved { .. }));
+    let events = hub.run(2, vec![hub.fulfil(n, "dfsp2")]);
+    assert!(matches!(only(&events), Event::Committed { .. }));
+    assert_eq!(hub.account(&usd(&payer)), (100, 0, 1_000));
+    // The payee was credited on the transfer's partition.
+    assert_eq!(hub.slice(2, &usd("dfsp2")).position, -100);
+    assert_eq!(hub.account(&usd("dfsp2")), (-100, 0, 1_000));
+}
+
+#[test]
+fn duplicate_prepare_same_body_resends_state_different_body_is_3106() {
+    let mut hub = two_dfsps();
+    let prepare = hub.prepare(1, "dfsp1", "dfsp2", 100);
+    let mut modified = prepare.clone();
+    if let Command::Prepare { prepare, .. } = &mut modified {
+        prepare.body_hash = [0xaa; 16];
+        prepare.amount = 200;
+    }
+    hub.run(0, vec![prepare.clone()]);
+
+    // While RESERVED: same body → the state again; different body → 3106. Nothing moves.
+    let events = hub.run(0, vec![prepare.clone()]);
+    assert!(matches!(
+        only(&events),
+        Event::StateResent { state: TransferState::Reserved, to, .. } if *to == fsp("dfsp1")
+    ));
+    let events = hub.run(0, vec![modified.clone()]);
+    assert!(matches!(
+        only(&events),
+        Event::RequestRefused { code: ErrorCode::ModifiedRequest, to, .. } if *to == fsp("dfsp1")
+    ));
+    assert_eq!(hub.account(&usd("dfsp1")), (0, 100, 1_000));
+
+    // Once COMMITTED (found in the archive): the final state, with the fulfilment.
+    let fulfil = hub.fulfil(1, "dfsp2");
+    hub.run(0, vec![fulfil.clone()]);
+    let events = hub.run(0, vec![prepare.clone()]);
+    match only(&events) {
+        Event::StateResent {
+            state,
+            fulfilment: sent,
+            ..
+        } => {
+            assert_eq!(*state, TransferState::Committed);
+            assert_eq!(*sent, Some(fulfilment(1)));
+        }
+        other => panic!("expected the state re-sent, got {other:?}"),
+    }
+    let events = hub.run(0, vec![modified]);
+    assert_eq!(
+        only(&events),
+        &Event::RequestRefused {
+            transfer_id: tid(1),
+            to: fsp("dfsp1"),
+            code: ErrorCode::ModifiedRequest
+        }
+    );
+    // The payee resends its fulfil: same body → state; another body → 3106.
+    let events = hub.run(0, vec![fulfil.clone()]);
+    assert!(matches!(
+        only(&events),
+        Event::StateResent { state: TransferState::Committed, to, .. } if *to == fsp("dfsp2")
+    ));
+    let mut other_fulfil = fulfil;
+    if let Command::Fulfil { fulfil, .. } = &mut other_fulfil {
+        fulfil.body_hash = [0xbb; 16];
+    }
+    let events = hub.run(0, vec![other_fulfil]);
+    assert!(matches!(
+        only(&events),
+        Event::RequestRefused {
+            code: ErrorCode::ModifiedRequest,
+            ..
+        }
+    ));
+    assert_eq!(
+        hub.account(&usd("dfsp1")),
+        (100, 0, 1_000),
+        "committed once"
+    );
+}
+
+#[test]
+fn duplicate_in_the_batch_that_finished_the_transfer_sees_the_final_state() {
+    let mut hub = two_dfsps();
+    let prepare = hub.prepare(1, "dfsp1", "dfsp2", 100);
+    let out = hub.apply(0, vec![prepare.clone(), hub.fulfil(1, "dfsp2"), prepare]);
+    assert!(matches!(out.events[0], Event::Reserved { .. }));
+    assert!(matches!(out.events[1], Event::Committed { .. }));
+    assert!(matches!(
+        out.events[2],
+        Event::StateResent {
+            state: TransferState::Committed,
+            ..
+        }
+    ));
+    assert_eq!(out.events.len(), 3);
+    assert_eq!(hub.account(&usd("dfsp1")), (100, 0, 1_000));
+}
+
+#[test]
+fn duplicate_prepare_while_parked_is_ignored() {
+    let partitions = 4;
+    let mut hub = Hub::new(partitions);
+    let payer = name_homed_at(0, partitions, "payer");
+    hub.open_account(usd(&payer), 0, 1_000, 1_000);
+    hub.open_account(usd("dfsp2"), 0, 1_000, 1_000);
+    let n = id_on(3, partitions, 1);
+    let prepare = hub.prepare(n, &payer, "dfsp2", 100);
+    assert!(hub.apply(3, vec![prepare.clone()]).events.is_empty());
+    // Still waiting for headroom: in progress, the resend is ignored.
+    let out = hub.apply(3, vec![prepare]);
+    assert!(out.events.is_empty() && out.messages.is_empty());
+    let events = hub.deliver_all();
+    assert!(matches!(only(&events), Event::Reserved { .. }));
+    assert_eq!(hub.account(&usd(&payer)), (0, 100, 1_000), "reserved once");
+}
+
+#[test]
+fn reject_releases_the_reservation() {
+    let mut hub = two_dfsps();
+    let events = hub.run(0, vec![hub.prepare(1, "dfsp1", "dfsp2", 1_000)]);
+    assert!(matches!(only(&events), Event::Reserved { .. }));
+    // All headroom is reserved.
+    let events = hub.run(0, vec![hub.prepare(2, "dfsp1", "dfsp2", 1)]);
+    assert_eq!(refusal_code(&events), ErrorCode::PayerLiquidity);
+    // Only the payee may answer.
+    let events = hub.run(0, vec![hub.reject(1, "dfsp1", 5101)]);
+    assert!(matches!(
+        only(&events),
+        Event::RequestRefused {
+            code: ErrorCode::Validation,
+            ..
+        }
+    ));
+    let events = hub.run(0, vec![hub.reject(1, "dfsp2", 5101)]);
+    match only(&events) {
+        Event::Aborted {
+            code, notify_payee, ..
+        } => {
+            assert_eq!(*code, ErrorCode::Payee(5101));
+            assert_eq!(code.code(), 5101);
+            assert!(
+                !notify_payee,
+                "the payee sent the reject; it need not hear back"
+            );
+        }
+        other => panic!("expected ABORTED, got {other:?}"),
+    }
+    assert_eq!(hub.account(&usd("dfsp1")), (0, 0, 1_000));
+    let events = hub.run(0, vec![hub.prepare(3, "dfsp1", "dfsp2", 1_000)]);
+    assert!(
+        matches!(only(&events), Event::Reserved { .. }),
+        "headroom is back"
+    );
+}
+
+#[test]
+fn tick_expires_reserved_transfers() {
+    let mut hub = two_dfsps();
+    let mut prepare = hub.prepare(1, "dfsp1", "dfsp2", 100);
+    if let Command::Prepare { prepare, .. } = &mut prepare {
+        prepare.expiration_ms = T0 + 1_000;
+    }
+    hub.run(0, vec![prepare]);
+    let events = hub.run(0, vec![Command::Tick { now_ms: T0 + 999 }]);
+    assert!(events.is_empty(), "not due yet: {events:?}");
+    let events = hub.run(0, vec![Command::Tick { now_ms: T0 + 1_000 }]);
+    match only(&events) {
+        Event::Aborted {
+            code, notify_payee, ..
+        } => {
+            assert_eq!(*code, ErrorCode::TransferExpired);
+            assert!(notify_payee, "both parties hear of a timeout");
+        }
+        other => panic!("expected ABORTED by expiry, got {other:?}"),
+    }
+    assert_eq!(hub.account(&usd("dfsp1")), (0, 0, 1_000));
+    // A fulfil that comes later is told the transfer expired.
+    hub.now_ms = T0 + 2_000;
+    let events = hub.run(0, vec![hub.fulfil(1, "dfsp2")]);
+    assert_eq!(
+        only(&events),
+        &Event::RequestRefused {
+            transfer_id: tid(1),
+            to: fsp("dfsp2"),
+            code: ErrorCode::TransferExpired
+        }
+    );
+    assert_eq!(
+        hub.account(&usd("dfsp1")),
+        (0, 0, 1_000),
+        "nothing committed"
+    );
+}
+
+#[test]
+fn fulfil_after_the_expiration_aborts_before_the_tick() {
+    let mut hub = two_dfsps();
+    let mut prepare = hub.prepare(1, "dfsp1", "dfsp2", 100);
+    if let Command::Prepare { prepare, .. } = &mut prepare {
+        prepare.expiration_ms = T0 + 500;
+    }
+    hub.run(0, vec![prepare]);
+    hub.now_ms = T0 + 500;
+    let events = hub.run(0, vec![hub.fulfil(1, "dfsp2")]);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(matches!(
+        events[0],
+        Event::RequestRefused {
+            code: ErrorCode::TransferExpired,
+            ..
+        }
+    ));
+    assert!(matches!(
+        events[1],
+        Event::Aborted {
+            code: ErrorCode::TransferExpired,
+            ..
+        }
+    ));
+    assert_eq!(hub.account(&usd("dfsp1")), (0, 0, 1_000));
+    assert_eq!(hub.account(&usd("dfsp2")), (0, 0, 1_000));
+}
+
+#[test]
+fn wrong_fulfilment_aborts_with_3100() {
+    let mut hub = two_dfsps();
+    hub.run(0, vec![hub.prepare(1, "dfsp1", "dfsp2", 100)]);
+    let mut fulfil = hub.fulfil(1, "dfsp2");
+    if let Command::Fulfil { fulfil, .. } = &mut fulfil {
+        fulfil.fulfilment = fulfilment(2);
+    }
+    let events = hub.run(0, vec![fulfil]);
+    assert!(matches!(
+        only(&events),
+        Event::Aborted {
+            code: ErrorCode::Validation,
+            notify_payee: true,
+            ..
+        }
+    ));
+    assert_eq!(hub.account(&usd("dfsp1")), (0, 0, 1_000));
+}
+
+#[test]
+fn parked_prepare_expires_with_3303() {
+    let partitions = 4;
+    let mut hub = Hub::new(partitions);
+    let payer = name_homed_at(0, partitions, "payer");
+    hub.open_account(usd(&payer), 0, 1_000, 1_000);
+    hub.open_account(usd("dfsp2"), 0, 1_000, 1_000);
+    let n = id_on(1, partitions, 1);
+    let mut prepare = hub.prepare(n, &payer, "dfsp2", 100);
+    if let Command::Prepare { prepare, .. } = &mut prepare {
+        prepare.expiration_ms = T0 + 100;
+    }
+    hub.apply(1, vec![prepare]);
+    // The borrow is still on its way when the prepare expires.
+    let out = hub.apply(1, vec![Command::Tick { now_ms: T0 + 100 }]);
+    assert_eq!(refusal_code(&out.events), ErrorCode::TransferExpired);
+    // The grant that arrives later goes back to the bank: nothing is lost.
+    let events = hub.deliver_all();
+    assert!(events.is_empty(), "{events:?}");
+    let tick = Command::Tick {
+        now_ms: T0 + 100 + hub.parts[1].limits().idle_return_ms,
+    };
+    hub.run(1, vec![tick]);
+    assert_eq!(hub.account(&usd(&payer)), (0, 0, 1_000));
+    assert_eq!(
+        hub.slice(1, &usd(&payer)).headroom,
+        0,
+        "idle headroom returned"
+    );
+}
+
+#[test]
+fn refusal_codes_check_liquidity_before_the_net_debit_cap() {
+    let mut hub = Hub::new(1);
+    hub.open_account(usd("payee"), 0, 0, 0);
+    // Liquidity cover binds (limit = min(1000, 500) = 500).
+    hub.open_account(usd("covered"), 0, 1_000, 500);
+    let events = hub.run(0, vec![hub.prepare(1, "covered", "payee", 600)]);
+    assert_eq!(refusal_code(&events), ErrorCode::PayerLiquidity);
+    // The NDC binds (limit = min(300, 500) = 300).
+    hub.open_account(usd("capped"), 0, 300, 500);
+    let events = hub.run(0, vec![hub.prepare(2, "capped", "payee", 400)]);
+    assert_eq!(refusal_code(&events), ErrorCode::PayerLimit);
+    assert_eq!(ErrorCode::PayerLimit.code(), 4200);
+    // Both exceeded: liquidity is checked first.
+    let events = hub.run(0, vec![hub.prepare(3, "capped", "payee", 600)]);
+    assert_eq!(refusal_code(&events), ErrorCode::PayerLiquidity);
+    assert_eq!(ErrorCode::PayerLiquidity.code(), 4001);
+    // Exactly at the limit is allowed; one more is not.
+    let events = hub.run(0, vec![hub.prepare(4, "capped", "payee", 300)]);
+    assert!(matches!(only(&events), Event::Reserved { .. }));
+    let events = hub.run(0, vec![hub.prepare(5, "capped", "payee", 1)]);
+    assert_eq!(refusal_code(&events), ErrorCode::PayerLimit);
+    // The initial position counts: 200 + 301 > 500.
+    hub.open_account(usd("indebted"), 200, 1_000, 500);
+    let events = hub.run(0, vec![hub.prepare(6, "indebted", "payee", 301)]);
+    assert_eq!(refusal_code(&events), ErrorCode::PayerLiquidity);
+    let events = hub.run(0, vec![hub.prepare(7, "indebted", "payee", 300)]);
+    assert!(matches!(only(&events), Event::Reserved { .. }));
+}
+
+// ----- admin --------------------------------------------------------------------------------
+
+#[test]
+fn funds_in_and_two_phase_funds_out() {
+    let mut hub = Hub::new(1);
+    let account = usd("dfsp1");
+    hub.open_account(usd("payee"), 0, 0, 0);
+    hub.open_account(account, 0, 10_000, 0);
+    assert_eq!(hub.account(&account), (0, 0, 0), "no funds, no limit");
+    let funds_in = Admin::FundsIn {
+        account,
+        amount: 1_000,
+        funds_id: tid(100),
+    };
+    assert_eq!(hub.admin(account, funds_in.clone()), None);
+    assert_eq!(hub.account(&account), (0, 0, 1_000));
+    // Idempotent by funds id; reusing the id for another amount is refused.
+    assert_eq!(hub.admin(account, funds_in), None);
+    assert_eq!(hub.bank(&account).liquidity, 1_000);
+    let reused = Admin::FundsIn {
+        account,
+        amount: 5,
+        funds_id: tid(100),
+    };
+    assert_eq!(hub.admin(account, reused), Some(ErrorCode::ModifiedRequest));
+
+    // Funds out, phase one: the cover is set aside at once.
+    let out = Admin::FundsOutReserve {
+        account,
+        amount: 400,
+        funds_id: tid(101),
+    };
+    assert_eq!(hub.admin(account, out), None);
+    assert_eq!(hub.account(&account), (0, 0, 600));
+    assert_eq!(hub.bank(&account).liquidity, 1_000);
+    let events = hub.run(0, vec![hub.prepare(1, "dfsp1", "payee", 601)]);
+    assert_eq!(refusal_code(&events), ErrorCode::PayerLiquidity);
+    // Phase two: commit takes the money out; the limit does not move again.
+    let commit = Admin::FundsOutCommit {
+        account,
+        funds_id: tid(101),
+    };
+    assert_eq!(hub.admin(account, commit.clone()), None);
+    assert_eq!(hub.account(&account), (0, 0, 600));
+    assert_eq!(hub.bank(&account).liquidity, 600);
+    assert_eq!(hub.bank(&account).funds_out_reserved, 0);
+    assert_eq!(hub.admin(account, commit), None, "commit is idempotent");
+
+    // Another funds out, aborted: the cover comes back.
+    let out = Admin::FundsOutReserve {
+        account,
+        amount: 100,
+        funds_id: tid(102),
+    };
+    assert_eq!(hub.admin(account, out), None);
+    assert_eq!(hub.account(&account), (0, 0, 500));
+    let abort = Admin::FundsOutAbort {
+        account,
+        funds_id: tid(102),
+    };
+    assert_eq!(hub.admin(account, abort.clone()), None);
+    assert_eq!(hub.account(&account), (0, 0, 600));
+    assert_eq!(hub.admin(account, abort), None, "abort is idempotent");
+    let late_commit = Admin::FundsOutCommit {
+        account,
+        funds_id: tid(102),
+    };
+    assert_eq!(hub.admin(account, late_commit), Some(ErrorCode::Validation));
+
+    // More than the cover cannot be withdrawn; unknown withdrawals are not found.
+    let too_much = Admin::FundsOutReserve {
+        account,
+        amount: 601,
+        funds_id: tid(103),
+    };
+    assert_eq!(
+        hub.admin(account, too_much),
+        Some(ErrorCode::PayerLiquidity)
+    );
+    let unknown = Admin::FundsOutCommit {
+        account,
+        funds_id: tid(104),
+    };
+    assert_eq!(
+        hub.admin(account, unknown),
+        Some(ErrorCode::TransferNotFound)
+    );
+    assert_eq!(hub.account(&account), (0, 0, 600));
+}
+
+#[test]
+fn admin_requests_are_refused_precisely() {
+    let mut hub = Hub::new(1);
+    let account = usd("dfsp1");
+    let unknown = usd("nobody");
+    assert_eq!(
+        hub.admin(
+            unknown,
+            Admin::SetNdc {
+                account: unknown,
+                ndc: 5
+            }
+        ),
+        Some(ErrorCode::Validation)
+    );
+    let command = hub.admin_command(Admin::CreateAccount { account });
+    hub.run(0, vec![command]);
+    assert_eq!(
+        hub.admin(account, Admin::SetNdc { account, ndc: 5 }),
+        Some(ErrorCode::Validation),
+        "limits come first"
+    );
+    let limits = Admin::InitialPositionAndLimits {
+        account,
+        position: 0,
+        ndc: 100,
+    };
+    assert_eq!(hub.admin(account, limits.clone()), None);
+    assert_eq!(
+        hub.admin(account, limits),
+        Some(ErrorCode::Validation),
+        "allowed once"
+    );
+    assert_eq!(
+        hub.admin(account, Admin::SetNdc { account, ndc: -1 }),
+        Some(ErrorCode::Validation)
+    );
+    let zero = Admin::FundsIn {
+        account,
+        amount: 0,
+        funds_id: tid(1),
+    };
+    assert_eq!(hub.admin(account, zero), Some(ErrorCode::Validation));
+}
+
+#[test]
+fn limit_decrease_recalls_headroom_from_slices() {
+    let partitions = 4;
+    let mut hub = Hub::new(partitions);
+    let payer = name_homed_at(0, partitions, "payer");
+    let account = usd(&payer);
+    hub.open_account(account, 0, 10_000, 10_000);
+    hub.open_account(usd("dfsp2"), 0, 1_000, 1_000);
+    // A prepare on partition 2 borrows; the home grants it with spare headroom.
+    let n = id_on(2, partitions, 1);
+    let events = hub.run(2, vec![hub.prepare(n, &payer, "dfsp2", 100)]);
+    assert!(matches!(only(&events), Event::Reserved { .. }));
+    let spare = hub.slice(2, &account).headroom;
+    assert!(spare > 0, "a distributed slice keeps spare headroom");
+    assert_eq!(hub.account(&account), (0, 100, 10_000));
+
+    // Lowering the NDC cannot apply while slices hold headroom: the home recalls it first.
+    let command = hub.admin_command(Admin::SetNdc { account, ndc: 500 });
+    let out = hub.apply(0, vec![command]);
+    assert!(
+        out.events.is_empty(),
+        "waits for the recall: {:?}",
+        out.events
+    );
+    let recalled: Vec<u32> = out
+        .messages
+        .iter()
+        .filter(|m| matches!(m.message, PeerMessage::Recall { .. }))
+        .map(|m| m.to)
+        .collect();
+    assert_eq!(recalled, vec![1, 2, 3], "every other partition is asked");
+    assert!(matches!(
+        hub.bank(&account).mode,
+        BankMode::Recalling { .. }
+    ));
+    assert_eq!(hub.bank(&account).ndc, 10_000, "not applied yet");
+
+    let events = hub.deliver_all();
+    assert!(matches!(only(&events), Event::AdminDone { code: None, .. }));
+    assert_eq!(hub.bank(&account).ndc, 500);
+    assert!(!matches!(
+        hub.bank(&account).mode,
+        BankMode::Recalling { .. }
+    ));
+    for p in 0..partitions {
+        let slice = hub.slice(p, &account);
+        assert_eq!(slice.headroom, 0, "partition {p} gave its headroom back");
+        assert!(slice.centralised);
+    }
+    assert_eq!(hub.account(&account), (0, 100, 500));
+
+    // Now the whole headroom is 400: 401 is refused, 400 fits exactly.
+    let n2 = id_on(2, partitions, n + 1);
+    let events = hub.run(2, vec![hub.prepare(n2, &payer, "dfsp2", 401)]);
+    assert_eq!(refusal_code(&events), ErrorCode::PayerLimit);
+    let n3 = id_on(3, partitions, n2 + 1);
+    let events = hub.run(3, vec![hub.prepare(n3, &payer, "dfsp2", 400)]);
+    assert!(matches!(only(&events), Event::Reserved { .. }));
+    assert_eq!(hub.account(&account), (0, 500, 500));
+}
+
+// ----- the headroom protocol ------------------------------------------------------------
+
+#[test]
+fn peer_messages_apply_exactly_once() {
+    let partitions = 2;
+    let mut hub = Hub::new(partitions);
+    let payer = name_homed_at(0, partitions, "payer");
+    let account = usd(&payer);
+    hub.open_account(account, 0, 1_000, 1_000);
+    hub.open_account(usd("dfsp2"), 0, 1_000, 1_000);
+    let n = id_on(1, partitions, 1);
+    hub.apply(1, vec![hub.prepare(n, &payer, "dfsp2", 100)]);
+    let borrow = hub.deliver_one().expect("the borrow");
+    let grant = borrow.messages[0].clone();
+    assert!(matches!(grant.message, PeerMessage::Grant { .. }));
+    let events = hub.deliver_all();
+    assert!(matches!(only(&events), Event::Reserved { .. }));
+    let after_first = hub.slice(1, &account).clone();
+
+    // The same grant delivered again (a redelivery) changes nothing.
+    let again = Command::Peer {
+        from: 0,
+        seq: grant.seq,
+        message: grant.message.clone(),
+    };
+    let out = hub.apply(1, vec![again.clone(), again]);
+    assert!(out.events.is_empty() && out.messages.is_empty());
+    assert_eq!(hub.slice(1, &account), &after_first);
+    hub.account(&account);
+
+    // Out of order: seq 3 before seq 2, then both again. Each counts once.
+    let bank_before = hub.bank(&account).bank;
+    let next = hub.parts[0].inbound.get(&1).map_or(0, |i| i.watermark);
+    let give_back = |seq: u64, amount: i64| Command::Peer {
+        from: 1,
+        seq,
+        message: PeerMessage::Return {
+            account,
+            amount,
+            round: None,
+        },
+    };
+    hub.apply(0, vec![give_back(next + 2, 20)]);
+    assert_eq!(hub.parts[0].inbound[&1].watermark, next);
+    hub.apply(0, vec![give_back(next + 1, 10)]);
+    assert_eq!(hub.parts[0].inbound[&1].watermark, next + 2);
+    assert!(hub.parts[0].inbound[&1].above.is_empty());
+    hub.apply(0, vec![give_back(next + 1, 10), give_back(next + 2, 20)]);
+    assert_eq!(hub.bank(&account).bank, bank_before + 30);
+}
+
+#[test]
+fn payee_credit_on_a_centralised_slice_goes_back_to_the_bank() {
+    let partitions = 4;
+    let mut hub = Hub::new(partitions);
+    let payer = name_homed_at(0, partitions, "payer");
+    let account = usd(&payer);
+    hub.open_account(account, 0, 1_000, 1_000);
+    hub.open_account(usd("dfsp2"), 0, 10_000, 10_000);
+    // Exhaust the payer so that it is centralised.
+    let n = id_on(1, partitions, 1);
+    let events = hub.run(1, vec![hub.prepare(n, &payer, "dfsp2", 1_000)]);
+    assert!(matches!(only(&events), Event::Reserved { .. }));
+    let n2 = id_on(1, partitions, n + 1);
+    let events = hub.run(1, vec![hub.prepare(n2, &payer, "dfsp2", 1)]);
+    assert_eq!(refusal_code(&events), ErrorCode::PayerLiquidity);
+    assert!(hub.slice(1, &account).centralised);
+    // dfsp2 pays the payer on partition 1: the credit is returned to the home bank.
+    let n3 = id_on(1, partitions, n2 + 1);
+    hub.run(1, vec![hub.prepare(n3, "dfsp2", &payer, 300)]);
+    hub.run(1, vec![hub.fulfil(n3, &payer)]);
+    assert_eq!(hub.slice(1, &account).headroom, 0);
+    assert_eq!(hub.bank(&account).bank, 300);
+    assert_eq!(hub.account(&account), (-300, 1_000, 1_000));
+}
+
+// ----- determinism ------------------------------------------------------------------------
+
+/// A multi-partition workload with every kind of command; returns each partition's
+/// batches (its inputs, in order) as applied.
+fn record_workload() -> (Hub, Vec<Vec<Vec<Input>>>) {
+    let partitions = 3;
+    let mut hub = Hub::new(partitions);
+    let mut batches: Vec<Vec<Vec<Input>>> = vec![Vec::new(); partitions as usize];
+    // Capture inputs by wrapping `apply`: run everything through `step`.
+    fn step(hub: &mut Hub, batches: &mut [Vec<Vec<Input>>], p: u32, commands: Vec<Command>) {
+        let inputs: Vec<Input> = commands
+            .iter()
+            .map(|command| Input {
+                command: command.clone(),
+                prior: command
+                    .transfer_id()
+                    .filter(|id| !hub.parts[p as usize].is_open(id))
+                    .and_then(|id| hub.archive.get(&id).cloned()),
+            })
+            .collect();
+        batches[p as usize].push(inputs);
+        hub.apply(p, commands);
+        while let Some((from, Outgoing { to, seq, message })) = hub.in_flight.pop_front() {
+            let command = Command::Peer { from, seq, message };
+            batches[to as usize].push(vec![Input::new(command.clone())]);
+            hub.apply(to, vec![command]);
+        }
+    }
+    let names = ["dfsp1", "dfsp2", "dfsp3"];
+    for (i, name) in names.iter().enumerate() {
+        let account = usd(name);
+        for p in 0..partitions {
+            let command = hub.admin_command(Admin::CreateAccount { account });
+            step(&mut hub, &mut batches, p, vec![command]);
+        }
+        let home = home_of(&account, partitions);
+        let limits = hub.admin_command(Admin::InitialPositionAndLimits {
+            account,
+            position: 10 * i as i64,
+            ndc: 800,
+        });
+        let funds = hub.admin_command(Admin::FundsIn {
+            account,
+            amount: 700,
+            funds_id: tid(1_000 + i as u64),
+        });
+        step(&mut hub, &mut batches, home, vec![limits, funds]);
+    }
+    let count = sharding::PartitionCount::new(partitions).expect("count");
+    for n in 1..=64u64 {
+        hub.now_ms += 7;
+        let payer = names[(n % 3) as usize];
+        let payee = names[((n + 1) % 3) as usize];
+        let p = sharding::transfer_partition(tid(n).as_str(), count);
+        let mut commands = vec![hub.prepare(n, payer, payee, 37 + (n as i64 * 13) % 200)];
+        if n % 4 == 0 {
+            commands.push(hub.fulfil(n, payee)); // in the same batch
+        }
+        step(&mut hub, &mut batches, p, commands);
+        if n % 4 == 1 {
+            let command = hub.fulfil(n, payee);
+            step(&mut hub, &mut batches, p, vec![command]);
+        }
+        if n % 5 == 2 {
+            let command = hub.reject(n, payee, 5105);
+            step(&mut hub, &mut batches, p, vec![command]);
+        }
+        if n % 10 == 0 {
+            let account = usd(payer);
+            let home = home_of(&account, partitions);
+            let ndc = 200 + (n as i64 * 31) % 900;
+            let command = hub.admin_command(Admin::SetNdc { account, ndc });
+            step(&mut hub, &mut batches, home, vec![command]);
+        }
+        if n % 15 == 0 {
+            for p in 0..partitions {
+                let tick = Command::Tick {
+                    now_ms: hub.now_ms + 60_000,
+                };
+                step(&mut hub, &mut batches, p, vec![tick]);
+            }
+        }
+    }
+    (hub, batches)
+}
+
+#[test]
+fn snapshot_round_trip_gives_identical_bytes() {
+    let (hub, _) = record_workload();
+    for original in &hub.parts {
+        let bytes = original.snapshot_bytes();
+        let restored =
+            PartitionState::from_snapshot(&bytes, Limits::default()).expect("snapshot decodes");
+        assert_eq!(&restored, original, "partition {}", original.partition);
+        assert_eq!(restored.snapshot_bytes(), bytes);
+    }
+    // The workload left something in every interesting place.
+    let all = || hub.parts.iter();
+    assert!(all().any(|p| !p.transfers.is_empty()), "open transfers");
+    assert!(all().any(|p| p.accounts.values().any(|e| e.slice.headroom > 0)));
+    assert!(all().any(|p| !p.inbound.is_empty()));
+}
+
+#[test]
+fn restored_state_continues_exactly_like_the_original() {
+    let (mut hub, _) = record_workload();
+    let p = 1;
+    let mut restored =
+        PartitionState::from_snapshot(&hub.parts[p].snapshot_bytes(), Limits::default())
+            .expect("snapshot decodes");
+    let count = sharding::PartitionCount::new(3).expect("count");
+    let n = (500..)
+        .find(|n| sharding::transfer_partition(tid(*n).as_str(), count) == p as u32)
+        .expect("an id");
+    let batch = [
+        hub.prepare(n, "dfsp2", "dfsp3", 5),
+        Command::Tick {
+            now_ms: hub.now_ms + 600_000,
+        },
+    ];
+    let inputs: Vec<Input> = batch.into_iter().map(Input::new).collect();
+    let a = hub.parts[p].apply_batch(inputs.clone());
+    let b = restored.apply_batch(inputs);
+    assert_eq!(a.events, b.events);
+    assert_eq!(a.messages, b.messages);
+    assert_eq!(hub.parts[p].snapshot_bytes(), restored.snapshot_bytes());
+}
+
+#[test]
+fn replaying_the_same_batches_gives_identical_snapshots() {
+    let (hub, batches) = record_workload();
+    for (p, batches) in batches.into_iter().enumerate() {
+        let mut replayed = PartitionState::new(p as u32, 3, Limits::default());
+        for inputs in batches {
+            replayed.apply_batch(inputs);
+        }
+        assert_eq!(
+            replayed.snapshot_bytes(),
+            hub.parts[p].snapshot_bytes(),
+            "partition {p} replays to the same bytes"
+        );
+    }
+}
+
+#[test]
+fn corrupt_snapshots_are_refused() {
+    let (hub, _) = record_workload();
+    let bytes = hub.parts[0].snapshot_bytes();
+    assert!(PartitionState::from_snapshot(&bytes[..bytes.len() / 2], Limits::default()).is_err());
+    let mut trailing = bytes.clone();
+    trailing.push(0);
+    assert!(PartitionState::from_snapshot(&trailing, Limits::default()).is_err());
+    assert!(PartitionState::from_snapshot(&[], Limits::default()).is_err());
+}

@@ -719,6 +719,8 @@ impl PartitionState {
             {
                 ErrorCode::TransferExpired
             }
+            // Refused at prepare (never reserved): there is nothing to fulfil or reject.
+            Some(record) if record.final_hash.is_none() => ErrorCode::Validation,
             Some(_) => ErrorCode::ModifiedRequest,
         };
         out.events.push(Event::RequestRefused {
@@ -790,11 +792,18 @@ impl PartitionState {
     }
 
     /// Refuses a parked prepare and forgets it.
+    ///
+    /// The refusal is the transfer's final state (ABORTED with `code`): it is recorded like
+    /// any finished transfer, so a resend of the same prepare gets the same answer instead
+    /// of being treated as new. `finished_ms` is the hub time of the refusal, or, when the
+    /// deciding message carries no time, the transfer's expiration (which only lengthens
+    /// its retention a little).
     fn refuse_parked(
         &mut self,
         account: AccountKey,
         transfer_id: TransferId,
         code: ErrorCode,
+        finished_ms: TimestampMs,
         out: &mut Output,
     ) -> bool {
         let slice = &mut self.accounts.get_mut(&account).expect("account").slice;
@@ -813,6 +822,18 @@ impl PartitionState {
             .expect("parked transfer is open")
             .clone();
         self.close(transfer_id, open.expiration_ms);
+        let record = FinishedTransfer {
+            parties: open.parties,
+            state: TransferState::Aborted,
+            fulfilment: None,
+            completed_ms: None,
+            error_code: Some(code),
+            prepare_hash: open.prepare_hash,
+            final_hash: None,
+            finished_ms,
+            finished_batch: self.batch_seq,
+        };
+        self.finish(record, out);
         out.events.push(Event::PrepareRefused {
             parties: open.parties,
             code,
@@ -845,7 +866,7 @@ impl PartitionState {
             } else {
                 let payer = AccountKey::new(open.parties.payer, open.parties.currency);
                 let refused =
-                    self.refuse_parked(payer, transfer_id, ErrorCode::TransferExpired, out);
+                    self.refuse_parked(payer, transfer_id, ErrorCode::TransferExpired, now_ms, out);
                 assert!(
                     refused,
                     "unreserved open transfer {transfer_id} is not parked"
@@ -941,7 +962,12 @@ impl PartitionState {
             .iter()
             .any(|p| p.prepare.transfer_id == transfer_id && p.borrow_sent);
         if waiting {
-            self.refuse_parked(account, transfer_id, code, out);
+            let expiration_ms = self
+                .transfers
+                .get(&transfer_id)
+                .map(|t| t.expiration_ms)
+                .unwrap_or(0);
+            self.refuse_parked(account, transfer_id, code, expiration_ms, out);
         }
         let now_ms = self.accounts[&account].slice.last_used_ms;
         self.serve_parked(now_ms, account, out);

@@ -1086,3 +1086,37 @@ fn corrupt_snapshots_are_refused() {
     assert!(PartitionState::from_snapshot(&trailing, Limits::default()).is_err());
     assert!(PartitionState::from_snapshot(&[], Limits::default()).is_err());
 }
+
+#[test]
+fn a_refused_prepare_is_final_and_a_resend_gets_the_same_answer() {
+    let mut hub = Hub::new(1);
+    hub.open_account(usd("payee"), 0, 0, 0);
+    hub.open_account(usd("capped"), 0, 300, 500);
+    let events = hub.run(0, vec![hub.prepare(1, "capped", "payee", 400)]);
+    assert_eq!(refusal_code(&events), ErrorCode::PayerLimit);
+    // Headroom appears (the NDC rises), then the same prepare is sent again: it must not
+    // be reserved now, since the payer was told it was refused.
+    let account = usd("capped");
+    assert_eq!(
+        hub.admin(
+            account,
+            Admin::SetNdc {
+                account,
+                ndc: 1_000
+            }
+        ),
+        None
+    );
+    let events = hub.run(0, vec![hub.prepare(1, "capped", "payee", 400)]);
+    match only(&events) {
+        Event::StateResent { state, .. } => assert_eq!(*state, TransferState::Aborted),
+        other => panic!("expected the ABORTED state re-sent, got {other:?}"),
+    }
+    assert_eq!(hub.account(&account).1, 0, "nothing reserved by the resend");
+    // A fulfil for it is refused: it was never reserved.
+    let events = hub.run(0, vec![hub.fulfil(1, "payee")]);
+    match only(&events) {
+        Event::RequestRefused { code, .. } => assert_eq!(*code, ErrorCode::Validation),
+        other => panic!("expected 3100, got {other:?}"),
+    }
+}

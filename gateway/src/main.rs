@@ -1,1 +1,61 @@
-fn main() {}
+//! `gateway`: the embedded hub in one process (gateway + notifier + engine).
+
+use clap::Parser;
+use gateway::{Config, EmbeddedHub};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(about = "Position-engine hub: FSPIOP v1.1 transfers API and admin API")]
+struct Args {
+    /// Address of the FSPIOP (DFSP-facing) listener.
+    #[arg(long, env = "HUB_FSPIOP_LISTEN", default_value = "127.0.0.1:3000")]
+    fspiop_listen: String,
+    /// Address of the admin and operator listener.
+    #[arg(long, env = "HUB_ADMIN_LISTEN", default_value = "127.0.0.1:3001")]
+    admin_listen: String,
+    /// Where the engine keeps its data.
+    #[arg(long, env = "HUB_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Partitions (fixed when the data directory is created).
+    #[arg(long, env = "HUB_PARTITIONS", default_value_t = 2)]
+    partitions: u32,
+    /// FSPIOP-Source of messages the hub makes itself.
+    #[arg(long, env = "HUB_NAME", default_value = "Hub")]
+    hub_name: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let config = Config {
+            fspiop_listen: args.fspiop_listen,
+            admin_listen: args.admin_listen,
+            data_dir: args.data_dir,
+            partitions: args.partitions,
+            hub_name: args.hub_name,
+            ..Config::default()
+        };
+        let hub = EmbeddedHub::start(config).await?;
+        // Machine-readable, for scripts and tests that start the hub on port 0.
+        println!("fspiop listening on http://{}", hub.fspiop_addr);
+        println!("admin listening on http://{}", hub.admin_addr);
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("stopping: draining requests, flushing the engine");
+        hub.stop().await;
+        anyhow::Ok(())
+    })
+}

@@ -1,28 +1,46 @@
-//! `--embedded`: a hub started in this process on ephemeral ports and a temporary data
-//! directory.
-//!
-//! The hub is the gateway crate's embedded entry point (gateway, notifier and an engine
-//! owning all partitions in one process). Until that entry point exists this reports that
-//! it is missing, and loadgen targets a running hub through `--hub-fspiop`/`--hub-admin`.
+//! `--embedded`: a hub started in this process on ephemeral ports (127.0.0.1) and a
+//! temporary data directory: gateway, notifier and an engine owning all partitions.
 
+use anyhow::Context;
 use std::path::PathBuf;
 
 /// A running embedded hub: where its APIs listen.
 pub struct EmbeddedHub {
     pub fspiop: String,
     pub admin: String,
+    hub: gateway::EmbeddedHub,
     _data_dir: Option<tempfile::TempDir>,
 }
 
 impl EmbeddedHub {
     /// Starts the hub; `data_dir` defaults to a fresh temporary directory removed at stop.
     pub async fn start(data_dir: Option<PathBuf>) -> anyhow::Result<Self> {
-        let _ = data_dir;
-        anyhow::bail!(
-            "--embedded needs the gateway crate's in-process hub, which this build does not have yet; \
-             start the hub yourself and pass --hub-fspiop URL --hub-admin URL"
-        )
+        let (dir, temp) = match data_dir {
+            Some(dir) => (dir, None),
+            None => {
+                let temp = tempfile::tempdir().context("temporary data directory")?;
+                (temp.path().to_path_buf(), Some(temp))
+            }
+        };
+        let config = gateway::Config {
+            fspiop_listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
+            data_dir: dir,
+            ..gateway::Config::default()
+        };
+        let hub = gateway::EmbeddedHub::start(config)
+            .await
+            .context("starting the embedded hub")?;
+        Ok(EmbeddedHub {
+            fspiop: format!("http://{}", hub.fspiop_addr),
+            admin: format!("http://{}", hub.admin_addr),
+            hub,
+            _data_dir: temp,
+        })
     }
 
-    pub async fn stop(self) {}
+    /// Drains and stops the hub, then removes a temporary data directory.
+    pub async fn stop(self) {
+        self.hub.stop().await;
+    }
 }

@@ -1,0 +1,606 @@
+//! The admin API, shaped like central-ledger's so that existing provisioning scripts work,
+//! plus the operator and health endpoints.
+//!
+//! A DFSP needs only: `POST /participants` (one per currency), initial position and
+//! limits, funds in on its SETTLEMENT account, and its callback endpoints.
+
+use crate::fspiop::{format_timestamp, only_fields, parse_object, string_field, ApiError};
+use crate::registry::Participant;
+use crate::transfers::error_response;
+use crate::AppState;
+use actix_web::{web, HttpResponse};
+use engine::command::{Admin, ErrorCode};
+use engine::ids::{AccountKey, Currency, FspId, TransferId};
+use engine::money::{format_amount, parse_admin_amount};
+use engine::runtime::now_ms;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/participants", web::post().to(create_participant))
+        .route("/participants", web::get().to(list_participants))
+        .route("/participants/{name}", web::get().to(get_participant))
+        .route("/participants/{name}", web::put().to(set_active))
+        .route(
+            "/participants/{name}/initialPositionAndLimits",
+            web::post().to(initial_position_and_limits),
+        )
+        .route("/participants/{name}/limits", web::get().to(get_limits))
+        .route("/participants/{name}/limits", web::put().to(put_limits))
+        .route("/participants/{name}/accounts", web::get().to(get_accounts))
+        .route(
+            "/participants/{name}/accounts/{id}",
+            web::post().to(funds_action),
+        )
+        .route(
+            "/participants/{name}/accounts/{id}/transfers/{transfer_id}",
+            web::put().to(funds_out_finish),
+        )
+        .route(
+            "/participants/{name}/endpoints",
+            web::post().to(add_endpoint),
+        )
+        .route(
+            "/participants/{name}/endpoints",
+            web::get().to(get_endpoints),
+        )
+        .route(
+            "/participants/{name}/positions",
+            web::get().to(get_positions),
+        )
+        .route("/partitions", web::get().to(partitions))
+        .route("/health/live", web::get().to(live))
+        .route("/health/ready", web::get().to(ready))
+        .route("/metrics", web::get().to(metrics))
+        .route("/openapi.json", web::get().to(openapi));
+}
+
+type Answer = Result<HttpResponse, ApiError>;
+
+fn respond(answer: Answer) -> HttpResponse {
+    answer.unwrap_or_else(|e| error_response(&e))
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::new(
+        404,
+        3200,
+        format!("Generic ID not found - participant {name}"),
+    )
+}
+
+fn engine_error((code, message): (ErrorCode, String)) -> ApiError {
+    let status = match code {
+        ErrorCode::ServiceUnavailable => 503,
+        ErrorCode::TransferNotFound => 404,
+        _ => 400,
+    };
+    ApiError::new(
+        status,
+        code.code(),
+        format!("{} - {message}", code.description()),
+    )
+}
+
+fn storage_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(503, 2003, format!("Service currently unavailable - {e}"))
+}
+
+fn participant(state: &AppState, name: &str) -> Result<Participant, ApiError> {
+    state.registry.get(name).ok_or_else(|| not_found(name))
+}
+
+fn currency_of(text: &str) -> Result<Currency, ApiError> {
+    Currency::new(text).ok_or_else(|| ApiError::validation("currency must be an ISO 4217 code"))
+}
+
+fn account_of(p: &Participant, currency: &str) -> Result<AccountKey, ApiError> {
+    if !p.currencies.iter().any(|c| c == currency) {
+        return Err(ApiError::validation(format!(
+            "{} has no {currency} account",
+            p.name
+        )));
+    }
+    let fsp = FspId::new(&p.name).ok_or_else(|| ApiError::validation("bad participant name"))?;
+    Ok(AccountKey::new(fsp, currency_of(currency)?))
+}
+
+/// A money value as central-ledger shows it: a JSON number.
+fn money_value(minor: i128, currency: Currency) -> Value {
+    let minor = i64::try_from(minor).unwrap_or(if minor < 0 { i64::MIN } else { i64::MAX });
+    serde_json::from_str(&format_amount(minor, currency)).unwrap_or(Value::Null)
+}
+
+/// An amount from JSON: a number or a decimal string, exact in minor units.
+fn amount_value(value: Option<&Value>, currency: Currency, what: &str) -> Result<i64, ApiError> {
+    let text = match value {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        None => return Err(ApiError::missing(what)),
+        Some(_) => return Err(ApiError::validation(format!("{what} must be a number"))),
+    };
+    parse_admin_amount(&text, currency).map_err(|e| ApiError::validation(format!("{what}: {e}")))
+}
+
+async fn participant_json(state: &AppState, p: &Participant) -> Value {
+    let mut accounts = Vec::new();
+    for (i, currency) in p.currencies.iter().enumerate() {
+        for (settlement, kind) in [(false, "POSITION"), (true, "SETTLEMENT")] {
+            accounts.push(json!({
+                "id": p.account_id(i, settlement),
+                "ledgerAccountType": kind,
+                "currency": currency,
+                "isActive": if p.is_active { 1 } else { 0 },
+            }));
+        }
+    }
+    let _ = state;
+    json!({
+        "name": p.name,
+        "id": format!("/participants/{}", p.name),
+        "created": format_timestamp(p.created_ms),
+        "isActive": if p.is_active { 1 } else { 0 },
+        "links": {"self": format!("/participants/{}", p.name)},
+        "accounts": accounts,
+    })
+}
+
+async fn create_participant(state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
+    respond(create(&state, &body).await)
+}
+
+async fn create(state: &AppState, body: &[u8]) -> Answer {
+    let map = parse_object(body)?;
+    only_fields(&map, &["name", "currency", "isProxy"])?;
+    let name = string_field(&map, "name")?;
+    let fsp = FspId::new(name)
+        .ok_or_else(|| ApiError::validation("name must be 1 to 32 printable characters"))?;
+    let currency_text = string_field(&map, "currency")?;
+    let currency = currency_of(currency_text)?;
+    let mut p = state.registry.get(name).unwrap_or_else(|| Participant {
+        name: name.to_string(),
+        seq: state.registry.len() as u64 + 1,
+        created_ms: now_ms(),
+        is_active: true,
+        currencies: Vec::new(),
+        endpoints: BTreeMap::new(),
+    });
+    if p.currencies.iter().any(|c| c == currency_text) {
+        return Err(ApiError::new(
+            400,
+            3003,
+            "Add Party information error - participant currency has already been registered",
+        ));
+    }
+    state
+        .hub
+        .admin(
+            now_ms(),
+            Admin::CreateAccount {
+                account: AccountKey::new(fsp, currency),
+            },
+        )
+        .await
+        .map_err(engine_error)?;
+    p.currencies.push(currency_text.to_string());
+    state
+        .registry
+        .put(&state.hub, p.clone())
+        .await
+        .map_err(storage_error)?;
+    Ok(HttpResponse::Created().json(participant_json(state, &p).await))
+}
+
+async fn list_participants(state: web::Data<AppState>) -> HttpResponse {
+    let mut out = Vec::new();
+    for p in state.registry.all() {
+        out.push(participant_json(&state, &p).await);
+    }
+    HttpResponse::Ok().json(out)
+}
+
+async fn get_participant(state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
+    respond(match participant(&state, &path) {
+        Ok(p) => Ok(HttpResponse::Ok().json(participant_json(&state, &p).await)),
+        Err(e) => Err(e),
+    })
+}
+
+async fn set_active(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    respond(activate(&state, &path, &body).await)
+}
+
+async fn activate(state: &AppState, name: &str, body: &[u8]) -> Answer {
+    let mut p = participant(state, name)?;
+    let map = parse_object(body)?;
+    only_fields(&map, &["isActive"])?;
+    let active = match map.get("isActive") {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Number(n)) if n.as_u64() == Some(0) || n.as_u64() == Some(1) => {
+            n.as_u64() == Some(1)
+        }
+        Some(_) => return Err(ApiError::validation("isActive must be a boolean")),
+        None => return Err(ApiError::missing("isActive")),
+    };
+    let fsp = FspId::new(name).ok_or_else(|| not_found(name))?;
+    state
+        .hub
+        .admin(now_ms(), Admin::SetActive { fsp, active })
+        .await
+        .map_err(engine_error)?;
+    p.is_active = active;
+    state
+        .registry
+        .put(&state.hub, p.clone())
+        .await
+        .map_err(storage_error)?;
+    Ok(HttpResponse::Ok().json(participant_json(state, &p).await))
+}
+
+/// `{currency, limit: {type: NET_DEBIT_CAP, value, alarmPercentage?}}`.
+fn limit_body(map: &Map<String, Value>, currency: Currency) -> Result<i64, ApiError> {
+    let Some(Value::Object(limit)) = map.get("limit") else {
+        return Err(ApiError::missing("limit"));
+    };
+    only_fields(limit, &["type", "value", "alarmPercentage"])?;
+    if string_field(limit, "type")? != "NET_DEBIT_CAP" {
+        return Err(ApiError::validation("limit type must be NET_DEBIT_CAP"));
+    }
+    amount_value(limit.get("value"), currency, "limit value")
+}
+
+async fn initial_position_and_limits(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    respond(initial(&state, &path, &body).await)
+}
+
+async fn initial(state: &AppState, name: &str, body: &[u8]) -> Answer {
+    let p = participant(state, name)?;
+    let map = parse_object(body)?;
+    only_fields(&map, &["currency", "limit", "initialPosition"])?;
+    let account = account_of(&p, string_field(&map, "currency")?)?;
+    let ndc = limit_body(&map, account.currency)?;
+    let position = match map.get("initialPosition") {
+        None => 0,
+        Some(v) => amount_value(Some(v), account.currency, "initialPosition")?,
+    };
+    state
+        .hub
+        .admin(
+            now_ms(),
+            Admin::InitialPositionAndLimits {
+                account,
+                position,
+                ndc,
+            },
+        )
+        .await
+        .map_err(engine_error)?;
+    Ok(HttpResponse::Created().finish())
+}
+
+async fn get_limits(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<BTreeMap<String, String>>,
+) -> HttpResponse {
+    respond(limits(&state, &path, &query).await)
+}
+
+async fn limits(state: &AppState, name: &str, query: &BTreeMap<String, String>) -> Answer {
+    let p = participant(state, name)?;
+    let mut out = Vec::new();
+    for currency in &p.currencies {
+        if query.get("currency").is_some_and(|c| c != currency) {
+            continue;
+        }
+        let account = account_of(&p, currency)?;
+        if let Some(view) = state.hub.account(account).await {
+            if view.limits_set {
+                out.push(json!({
+                    "currency": currency,
+                    "limit": {"type": "NET_DEBIT_CAP", "value": money_value(view.ndc, account.currency), "alarmPercentage": 10},
+                }));
+            }
+        }
+    }
+    Ok(HttpResponse::Ok().json(out))
+}
+
+async fn put_limits(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    respond(set_limits(&state, &path, &body).await)
+}
+
+async fn set_limits(state: &AppState, name: &str, body: &[u8]) -> Answer {
+    let p = participant(state, name)?;
+    let map = parse_object(body)?;
+    only_fields(&map, &["currency", "limit"])?;
+    let account = account_of(&p, string_field(&map, "currency")?)?;
+    let ndc = limit_body(&map, account.currency)?;
+    state
+        .hub
+        .admin(now_ms(), Admin::SetNdc { account, ndc })
+        .await
+        .map_err(engine_error)?;
+    Ok(HttpResponse::Ok().json(json!({
+        "currency": account.currency.as_str(),
+        "limit": {"type": "NET_DEBIT_CAP", "value": money_value(i128::from(ndc), account.currency)},
+    })))
+}
+
+async fn get_accounts(state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
+    respond(accounts(&state, &path).await)
+}
+
+async fn accounts(state: &AppState, name: &str) -> Answer {
+    let p = participant(state, name)?;
+    let mut out = Vec::new();
+    for (i, currency) in p.currencies.iter().enumerate() {
+        let account = account_of(&p, currency)?;
+        let view = state.hub.account(account).await;
+        let (position, reserved, cover) = view
+            .map(|v| (v.position, v.reserved, v.liquidity_cover))
+            .unwrap_or((0, 0, 0));
+        let changed = format_timestamp(now_ms());
+        out.push(json!({
+            "id": p.account_id(i, false), "ledgerAccountType": "POSITION", "currency": currency,
+            "isActive": if p.is_active { 1 } else { 0 },
+            "value": money_value(position, account.currency),
+            "reservedValue": money_value(reserved, account.currency), "changedDate": changed,
+        }));
+        // central-ledger's sign: deposited funds make the SETTLEMENT balance negative.
+        out.push(json!({
+            "id": p.account_id(i, true), "ledgerAccountType": "SETTLEMENT", "currency": currency,
+            "isActive": if p.is_active { 1 } else { 0 },
+            "value": money_value(-cover, account.currency),
+            "reservedValue": 0, "changedDate": changed,
+        }));
+    }
+    Ok(HttpResponse::Ok().json(out))
+}
+
+async fn funds_action(
+    state: web::Data<AppState>,
+    path: web::Path<(String, u64)>,
+    body: web::Bytes,
+) -> HttpResponse {
+    respond(funds(&state, &path.0, path.1, &body).await)
+}
+
+async fn funds(state: &AppState, name: &str, account_id: u64, body: &[u8]) -> Answer {
+    let p = participant(state, name)?;
+    let (currency, settlement) = p
+        .account(account_id)
+        .ok_or_else(|| ApiError::new(404, 3200, "Generic ID not found - account"))?;
+    if !settlement {
+        return Err(ApiError::validation("funds move on the SETTLEMENT account"));
+    }
+    let map = parse_object(body)?;
+    only_fields(
+        &map,
+        &[
+            "transferId",
+            "externalReference",
+            "action",
+            "reason",
+            "amount",
+            "extensionList",
+        ],
+    )?;
+    let funds_id = TransferId::parse(string_field(&map, "transferId")?)
+        .ok_or_else(|| ApiError::validation("transferId must be a UUID or a ULID"))?;
+    let account = account_of(&p, &currency)?;
+    let Some(Value::Object(money)) = map.get("amount") else {
+        return Err(ApiError::missing("amount"));
+    };
+    if string_field(money, "currency")? != currency {
+        return Err(ApiError::validation(
+            "amount currency does not match the account",
+        ));
+    }
+    let amount = amount_value(money.get("amount"), account.currency, "amount")?;
+    let admin = match string_field(&map, "action")? {
+        "recordFundsIn" => Admin::FundsIn {
+            account,
+            amount,
+            funds_id,
+        },
+        "recordFundsOutPrepareReserve" => Admin::FundsOutReserve {
+            account,
+            amount,
+            funds_id,
+        },
+        other => return Err(ApiError::validation(format!("unknown action {other}"))),
+    };
+    state
+        .hub
+        .admin(now_ms(), admin)
+        .await
+        .map_err(engine_error)?;
+    Ok(HttpResponse::Accepted().finish())
+}
+
+async fn funds_out_finish(
+    state: web::Data<AppState>,
+    path: web::Path<(String, u64, String)>,
+    body: web::Bytes,
+) -> HttpResponse {
+    respond(funds_out(&state, &path.0, path.1, &path.2, &body).await)
+}
+
+async fn funds_out(
+    state: &AppState,
+    name: &str,
+    account_id: u64,
+    transfer: &str,
+    body: &[u8],
+) -> Answer {
+    let p = participant(state, name)?;
+    let (currency, settlement) = p
+        .account(account_id)
+        .ok_or_else(|| ApiError::new(404, 3200, "Generic ID not found - account"))?;
+    if !settlement {
+        return Err(ApiError::validation("funds move on the SETTLEMENT account"));
+    }
+    let account = account_of(&p, &currency)?;
+    let funds_id = TransferId::parse(transfer)
+        .ok_or_else(|| ApiError::validation("transferId must be a UUID or a ULID"))?;
+    let map = parse_object(body)?;
+    only_fields(
+        &map,
+        &["action", "reason", "externalReference", "extensionList"],
+    )?;
+    let admin = match string_field(&map, "action")? {
+        "recordFundsOutCommit" => Admin::FundsOutCommit { account, funds_id },
+        "recordFundsOutAbort" => Admin::FundsOutAbort { account, funds_id },
+        other => return Err(ApiError::validation(format!("unknown action {other}"))),
+    };
+    state
+        .hub
+        .admin(now_ms(), admin)
+        .await
+        .map_err(engine_error)?;
+    Ok(HttpResponse::Accepted().finish())
+}
+
+async fn add_endpoint(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    respond(endpoint(&state, &path, &body).await)
+}
+
+async fn endpoint(state: &AppState, name: &str, body: &[u8]) -> Answer {
+    let mut p = participant(state, name)?;
+    let map = parse_object(body)?;
+    only_fields(&map, &["type", "value"])?;
+    let kind = string_field(&map, "type")?;
+    let value = string_field(&map, "value")?;
+    if kind.is_empty() || kind.len() > 64 || value.len() > 1_024 {
+        return Err(ApiError::validation("endpoint type or value too long"));
+    }
+    if !(value.starts_with("http://") || value.starts_with("https://")) {
+        return Err(ApiError::validation(
+            "endpoint value must be an http(s) URL",
+        ));
+    }
+    p.endpoints.insert(kind.to_string(), value.to_string());
+    state
+        .registry
+        .put(&state.hub, p)
+        .await
+        .map_err(storage_error)?;
+    Ok(HttpResponse::Created().finish())
+}
+
+async fn get_endpoints(state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
+    respond(participant(&state, &path).map(|p| {
+        let list: Vec<Value> = p
+            .endpoints
+            .iter()
+            .map(|(k, v)| json!({"type": k, "value": v}))
+            .collect();
+        HttpResponse::Ok().json(list)
+    }))
+}
+
+async fn get_positions(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<BTreeMap<String, String>>,
+) -> HttpResponse {
+    respond(positions(&state, &path, &query).await)
+}
+
+/// Positions summed over all slices; one object when `currency` is asked, else a list.
+async fn positions(state: &AppState, name: &str, query: &BTreeMap<String, String>) -> Answer {
+    let p = participant(state, name)?;
+    let mut out = Vec::new();
+    for currency in &p.currencies {
+        if query.get("currency").is_some_and(|c| c != currency) {
+            continue;
+        }
+        let account = account_of(&p, currency)?;
+        let view = state
+            .hub
+            .account(account)
+            .await
+            .ok_or_else(|| storage_error("account unavailable"))?;
+        out.push(json!({
+            "currency": currency,
+            "value": money_value(view.position, account.currency),
+            "reservedValue": money_value(view.reserved, account.currency),
+            "changedDate": format_timestamp(now_ms()),
+        }));
+    }
+    if query.contains_key("currency") {
+        return match out.pop() {
+            Some(one) => Ok(HttpResponse::Ok().json(one)),
+            None => Err(ApiError::validation("no account in that currency")),
+        };
+    }
+    Ok(HttpResponse::Ok().json(out))
+}
+
+async fn partitions(state: web::Data<AppState>) -> HttpResponse {
+    let list: Vec<Value> = state
+        .hub
+        .partitions()
+        .into_iter()
+        .map(|p| {
+            json!({
+                "partition": p.partition, "owner": p.owner, "epoch": p.epoch,
+                "committedBatch": p.committed_batch, "queueDepth": p.queue_depth,
+                "appliedCommands": p.applied_commands, "stopped": p.stopped,
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(list)
+}
+
+async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "OK"}))
+}
+
+async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let stopped: Vec<u32> = state
+        .hub
+        .partitions()
+        .iter()
+        .filter(|p| p.stopped.is_some())
+        .map(|p| p.partition)
+        .collect();
+    if stopped.is_empty() {
+        HttpResponse::Ok().json(json!({"status": "OK"}))
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "DOWN", "stoppedPartitions": stopped}))
+    }
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let body = state
+        .metrics
+        .render(&state.hub.metrics(), &state.hub.partitions());
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(body)
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(crate::openapi::document().to_string())
+}

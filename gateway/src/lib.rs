@@ -1,0 +1,169 @@
+//! The hub's HTTP side: the FSPIOP transfers API (`transfers`), the admin and operator API
+//! (`admin`), the notifier that sends callbacks (`notifier`), and the embedded hub that
+//! runs all of it with an engine owning every partition in one process.
+//!
+//! Only this crate knows HTTP and JSON.
+
+pub mod admin;
+pub mod fspiop;
+pub mod limits;
+pub mod metrics;
+pub mod notifier;
+pub mod openapi;
+pub mod registry;
+pub mod transfers;
+
+use engine::runtime::{Hub, HubConfig};
+use limits::{HTTP_CONNECTIONS_PER_WORKER_MAX, HTTP_WORKERS, REQUEST_BODY_BYTES_MAX};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Errors starting or running the hub.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("engine: {0}")]
+    Engine(#[from] engine::EngineError),
+    #[error("registry: {0}")]
+    Registry(#[from] registry::RegistryError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Shared by every handler.
+pub struct AppState {
+    pub hub: Hub,
+    pub registry: Arc<registry::Registry>,
+    pub metrics: Arc<metrics::Metrics>,
+    pub notifier: Arc<notifier::Notifier>,
+}
+
+/// Configuration of the embedded hub.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub fspiop_listen: String,
+    pub admin_listen: String,
+    pub data_dir: PathBuf,
+    pub partitions: u32,
+    pub hub_name: String,
+    pub limits: engine::limits::Limits,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            fspiop_listen: "127.0.0.1:3000".into(),
+            admin_listen: "127.0.0.1:3001".into(),
+            data_dir: PathBuf::from("./data"),
+            partitions: 2,
+            hub_name: "Hub".into(),
+            limits: engine::limits::Limits::default(),
+        }
+    }
+}
+
+/// A running embedded hub: gateway, notifier and engine in this process.
+pub struct EmbeddedHub {
+    pub fspiop_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    hub: Hub,
+    fspiop: actix_web::dev::ServerHandle,
+    admin: actix_web::dev::ServerHandle,
+    servers: tokio::task::JoinHandle<()>,
+}
+
+impl EmbeddedHub {
+    /// Opens (or recovers) the engine and starts both listeners. Call inside a tokio
+    /// multi-thread runtime.
+    pub async fn start(config: Config) -> Result<EmbeddedHub, GatewayError> {
+        let (hub, events) = Hub::open(HubConfig {
+            data_dir: config.data_dir.clone(),
+            partitions: config.partitions,
+            limits: config.limits.clone(),
+        })?;
+        let registry = Arc::new(registry::Registry::load(&hub)?);
+        let metrics = Arc::new(metrics::Metrics::default());
+        let notifier =
+            notifier::Notifier::new(registry.clone(), metrics.clone(), config.hub_name.clone());
+        tokio::spawn(notifier.clone().run(events));
+        let state = actix_web::web::Data::new(AppState {
+            hub: hub.clone(),
+            registry,
+            metrics,
+            notifier,
+        });
+
+        let fspiop_state = state.clone();
+        let fspiop = actix_web::HttpServer::new(move || {
+            actix_web::App::new()
+                .app_data(fspiop_state.clone())
+                .app_data(actix_web::web::PayloadConfig::new(REQUEST_BODY_BYTES_MAX))
+                .configure(transfers::routes)
+                .default_service(actix_web::web::to(not_found))
+        })
+        .workers(HTTP_WORKERS)
+        .max_connections(HTTP_CONNECTIONS_PER_WORKER_MAX)
+        .disable_signals()
+        .bind(&config.fspiop_listen)
+        .map_err(|source| GatewayError::Listen {
+            addr: config.fspiop_listen.clone(),
+            source,
+        })?;
+        let admin_state = state.clone();
+        let admin = actix_web::HttpServer::new(move || {
+            actix_web::App::new()
+                .app_data(admin_state.clone())
+                .app_data(actix_web::web::PayloadConfig::new(REQUEST_BODY_BYTES_MAX))
+                .configure(admin::routes)
+                .default_service(actix_web::web::to(not_found))
+        })
+        .workers(1)
+        .disable_signals()
+        .bind(&config.admin_listen)
+        .map_err(|source| GatewayError::Listen {
+            addr: config.admin_listen.clone(),
+            source,
+        })?;
+        let fspiop_addr = first_addr(fspiop.addrs(), &config.fspiop_listen)?;
+        let admin_addr = first_addr(admin.addrs(), &config.admin_listen)?;
+        let fspiop = fspiop.run();
+        let admin = admin.run();
+        let handles = (fspiop.handle(), admin.handle());
+        let servers = tokio::spawn(async move {
+            let _ = tokio::join!(fspiop, admin);
+        });
+        Ok(EmbeddedHub {
+            fspiop_addr,
+            admin_addr,
+            hub,
+            fspiop: handles.0,
+            admin: handles.1,
+            servers,
+        })
+    }
+
+    /// Stops taking requests (in-flight ones finish), then drains and closes the engine.
+    pub async fn stop(self) {
+        self.fspiop.stop(true).await;
+        self.admin.stop(true).await;
+        let _ = self.servers.await;
+        self.hub.shutdown().await;
+    }
+}
+
+fn first_addr(addrs: Vec<SocketAddr>, wanted: &str) -> Result<SocketAddr, GatewayError> {
+    addrs
+        .into_iter()
+        .next()
+        .ok_or_else(|| GatewayError::Listen {
+            addr: wanted.to_string(),
+            source: std::io::Error::other("no address bound"),
+        })
+}
+
+async fn not_found() -> actix_web::HttpResponse {
+    transfers::error_response(&fspiop::ApiError::new(404, 3002, "Unknown URI"))
+}

@@ -1,0 +1,27 @@
+//! Every bound of the gateway and notifier, in one place; units last in the names.
+
+/// Largest request body accepted on either listener.
+pub const REQUEST_BODY_BYTES_MAX: usize = 64 * 1024;
+/// Largest `ilpPacket` (base64url characters).
+pub const ILP_PACKET_CHARS_MAX: usize = 32_768;
+/// What a 503 tells a client to wait before retrying.
+pub const RETRY_AFTER_S: u32 = 1;
+/// Callbacks in flight at once, over all DFSPs.
+pub const CALLBACKS_IN_FLIGHT_MAX: usize = 2_048;
+/// Callbacks in flight at once to one DFSP: a DFSP that is down ties up at most this many.
+pub const CALLBACKS_PER_DFSP_MAX: usize = 256;
+/// Attempts per callback (first try included).
+pub const CALLBACK_ATTEMPTS_MAX: u32 = 4;
+/// Backoff before the second attempt; doubles each time up to the cap.
+pub const CALLBACK_BACKOFF_START_MS: u64 = 100;
+pub const CALLBACK_BACKOFF_MAX_MS: u64 = 2_000;
+/// One callback attempt gives up after this long.
+pub const CALLBACK_TIMEOUT_MS: u64 = 5_000;
+/// HTTP workers per listener.
+pub const HTTP_WORKERS: usize = 2;
+/// Open connections per listener worker.
+pub const HTTP_CONNECTIONS_PER_WORKER_MAX: usize = 10_000;
+/// Participants the registry holds.
+pub const PARTICIPANTS_MAX: usize = 10_000;
+/// Endpoints per participant.
+pub const ENDPOINTS_PER_PARTICIPANT_MAX: usize = 64;

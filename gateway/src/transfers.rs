@@ -1,0 +1,309 @@
+//! The FSPIOP transfers API: `POST /transfers`, `PUT /transfers/{ID}`,
+//! `PUT /transfers/{ID}/error`, `GET /transfers/{ID}`.
+//!
+//! Each handler validates synchronously (400 / 406 with an FSPIOP error body), hands a
+//! command to the engine, waits until the engine has made it durable, and answers 202.
+//! Results reach the DFSPs as callbacks from the notifier.
+
+use crate::fspiop::{
+    self, check_headers, digest_field, fsp_field, money_field, only_fields, parse_object,
+    parse_timestamp, string_field, ApiError, Headers, Stash,
+};
+use crate::limits::{ILP_PACKET_CHARS_MAX, RETRY_AFTER_S};
+use crate::metrics::Route;
+use crate::AppState;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use engine::command::{ErrorCode, Fulfil, Prepare, Reject};
+use engine::runtime::{now_ms, SubmitError};
+use std::time::Instant;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/transfers", web::post().to(post_transfer))
+        .route("/transfers/{id}", web::put().to(put_transfer))
+        .route("/transfers/{id}/error", web::put().to(put_transfer_error))
+        .route("/transfers/{id}", web::get().to(get_transfer));
+}
+
+fn header_getter(req: &HttpRequest) -> impl Fn(&str) -> Option<String> + '_ {
+    move |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+}
+
+pub fn error_response(error: &ApiError) -> HttpResponse {
+    let status = StatusCode::from_u16(error.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut response = HttpResponse::build(status);
+    if error.status == 503 {
+        response.insert_header(("Retry-After", RETRY_AFTER_S.to_string()));
+    }
+    response
+        .content_type("application/json")
+        .body(error.body().to_string())
+}
+
+fn submit_error(error: SubmitError) -> ApiError {
+    match error {
+        SubmitError::Overloaded { .. } => ApiError::new(
+            503,
+            2003,
+            "Service currently unavailable - hub overloaded, retry",
+        ),
+        SubmitError::ShuttingDown => ApiError::new(
+            503,
+            2003,
+            "Service currently unavailable - hub shutting down",
+        ),
+        SubmitError::PartitionStopped { .. } => ApiError::new(
+            503,
+            2003,
+            "Service currently unavailable - partition stopped",
+        ),
+    }
+}
+
+fn finish(
+    state: &AppState,
+    route: Route,
+    started: Instant,
+    result: Result<(), ApiError>,
+) -> HttpResponse {
+    let response = match result {
+        Ok(()) => HttpResponse::Accepted().finish(),
+        Err(error) => error_response(&error),
+    };
+    state.metrics.request(
+        route,
+        response.status().as_u16(),
+        started.elapsed().as_micros() as u64,
+    );
+    response
+}
+
+fn stash(headers: &Headers, body: &[u8]) -> Vec<u8> {
+    Stash {
+        headers: headers.forwarded.clone(),
+        body: String::from_utf8_lossy(body).into_owned(),
+    }
+    .encode()
+}
+
+async fn post_transfer(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
+    let started = Instant::now();
+    let result = prepare(&state, &req, &body).await;
+    finish(&state, Route::Prepare, started, result)
+}
+
+async fn prepare(state: &AppState, req: &HttpRequest, body: &[u8]) -> Result<(), ApiError> {
+    let headers = check_headers(&header_getter(req), true)?;
+    let map = parse_object(body)?;
+    only_fields(
+        &map,
+        &[
+            "transferId",
+            "payeeFsp",
+            "payerFsp",
+            "amount",
+            "ilpPacket",
+            "condition",
+            "expiration",
+            "extensionList",
+        ],
+    )?;
+    let transfer_id = fspiop::transfer_id(string_field(&map, "transferId")?)?;
+    let payer = fsp_field(&map, "payerFsp")?;
+    let payee = fsp_field(&map, "payeeFsp")?;
+    let (currency, amount) = money_field(&map, "amount")?;
+    let ilp = string_field(&map, "ilpPacket")?;
+    if ilp.is_empty()
+        || ilp.len() > ILP_PACKET_CHARS_MAX
+        || !ilp
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=')
+    {
+        return Err(ApiError::validation(
+            "ilpPacket must be base64url, 1 to 32768 characters",
+        ));
+    }
+    let condition = digest_field(&map, "condition")?;
+    let expiration = string_field(&map, "expiration")?;
+    let expiration_ms = parse_timestamp(expiration)
+        .ok_or_else(|| ApiError::validation("expiration is not an ISO 8601 timestamp"))?;
+    let now = now_ms();
+    if expiration_ms <= now {
+        return Err(ApiError::validation("expiration is in the past"));
+    }
+    if headers.source != payer {
+        return Err(ApiError::validation("FSPIOP-Source must be the payer"));
+    }
+    if payer == payee {
+        return Err(ApiError::validation("payer and payee must differ"));
+    }
+    let prepare = Prepare {
+        transfer_id,
+        payer,
+        payee,
+        currency,
+        amount,
+        condition,
+        expiration_ms,
+        body_hash: fspiop::body_hash(body),
+        payload: stash(&headers, body),
+    };
+    state.hub.prepare(now, prepare).await.map_err(submit_error)
+}
+
+async fn put_transfer(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let started = Instant::now();
+    let result = fulfil(&state, &req, &path, &body).await;
+    finish(&state, Route::Fulfil, started, result)
+}
+
+async fn fulfil(
+    state: &AppState,
+    req: &HttpRequest,
+    id: &str,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    let headers = check_headers(&header_getter(req), true)?;
+    let transfer_id = fspiop::transfer_id(id)?;
+    let map = parse_object(body)?;
+    only_fields(
+        &map,
+        &[
+            "fulfilment",
+            "completedTimestamp",
+            "transferState",
+            "extensionList",
+        ],
+    )?;
+    let transfer_state = string_field(&map, "transferState")?;
+    let completed_ms = match map.get("completedTimestamp") {
+        None => now_ms(),
+        Some(_) => parse_timestamp(string_field(&map, "completedTimestamp")?).ok_or_else(|| {
+            ApiError::validation("completedTimestamp is not an ISO 8601 timestamp")
+        })?,
+    };
+    let now = now_ms();
+    match transfer_state {
+        "COMMITTED" | "RESERVED" => {
+            let fulfilment = digest_field(&map, "fulfilment")?;
+            let command = Fulfil {
+                transfer_id,
+                source: headers.source,
+                fulfilment,
+                completed_ms,
+                notify_payee: transfer_state == "RESERVED",
+                body_hash: fspiop::body_hash(body),
+                payload: stash(&headers, body),
+            };
+            state.hub.fulfil(now, command).await.map_err(submit_error)
+        }
+        // A v1.0 payee may abort with PUT and state ABORTED: a reject without a code.
+        "ABORTED" => {
+            let command = Reject {
+                transfer_id,
+                source: headers.source,
+                error_code: 5000,
+                body_hash: fspiop::body_hash(body),
+                payload: Vec::new(),
+            };
+            state.hub.reject(now, command).await.map_err(submit_error)
+        }
+        other => Err(ApiError::validation(format!(
+            "transferState {other} is not allowed here"
+        ))),
+    }
+}
+
+async fn put_transfer_error(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let started = Instant::now();
+    let result = reject(&state, &req, &path, &body).await;
+    finish(&state, Route::Reject, started, result)
+}
+
+async fn reject(
+    state: &AppState,
+    req: &HttpRequest,
+    id: &str,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    let headers = check_headers(&header_getter(req), true)?;
+    let transfer_id = fspiop::transfer_id(id)?;
+    let map = parse_object(body)?;
+    only_fields(&map, &["errorInformation"])?;
+    let Some(serde_json::Value::Object(info)) = map.get("errorInformation") else {
+        return Err(ApiError::missing("errorInformation"));
+    };
+    only_fields(info, &["errorCode", "errorDescription", "extensionList"])?;
+    let code = string_field(info, "errorCode")?;
+    let error_code: u16 = match code.parse() {
+        Ok(n) if code.len() == 4 && (1000..=9999).contains(&n) => n,
+        _ => return Err(ApiError::validation("errorCode must be four digits")),
+    };
+    string_field(info, "errorDescription")?;
+    let command = Reject {
+        transfer_id,
+        source: headers.source,
+        error_code,
+        body_hash: fspiop::body_hash(body),
+        payload: stash(&headers, body),
+    };
+    state
+        .hub
+        .reject(now_ms(), command)
+        .await
+        .map_err(submit_error)
+}
+
+async fn get_transfer(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> HttpResponse {
+    let started = Instant::now();
+    let result = query(&state, &req, &path).await;
+    finish(&state, Route::Get, started, result)
+}
+
+/// Answers 202, then calls back the requester with the state or an error (3208 unknown,
+/// 3000 when the requester is neither payer nor payee).
+async fn query(state: &AppState, req: &HttpRequest, id: &str) -> Result<(), ApiError> {
+    let headers = check_headers(&header_getter(req), false)?;
+    let transfer_id = fspiop::transfer_id(id)?;
+    let callback = match state.hub.get_transfer(transfer_id, headers.source).await {
+        Ok(view) => state.notifier.state_to(
+            headers.source,
+            transfer_id.as_str(),
+            view.state,
+            view.fulfilment,
+            view.completed_ms,
+            "PUT",
+        ),
+        Err(ErrorCode::ServiceUnavailable) => {
+            return Err(ApiError::new(503, 2003, "Service currently unavailable"));
+        }
+        Err(code) => state
+            .notifier
+            .error_to(headers.source, transfer_id.as_str(), code),
+    };
+    state.notifier.dispatch(callback).await;
+    Ok(())
+}

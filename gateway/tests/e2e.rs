@@ -1,0 +1,520 @@
+//! End to end: the real hub binary on ephemeral ports, two fake DFSPs recording callbacks.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const PAYER: &str = "payerfsp";
+const PAYEE: &str = "payeefsp";
+
+struct World {
+    _dir: tempfile::TempDir,
+    hub: HubProcess,
+    dfsps: Dfsps,
+    http: Http,
+}
+
+async fn world(payer_ndc: &str, payer_funds: &str) -> World {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = HubProcess::start(dir.path());
+    let dfsps = Dfsps::start().await;
+    let http = Http::default();
+    provision(&http, &hub.admin, &dfsps, PAYER, payer_ndc, payer_funds).await;
+    provision(&http, &hub.admin, &dfsps, PAYEE, "1000", "1000").await;
+    World {
+        _dir: dir,
+        hub,
+        dfsps,
+        http,
+    }
+}
+
+impl World {
+    async fn prepare(&self, body: &Value, source: &str) -> (u16, Value) {
+        let url = format!("{}/transfers", self.hub.fspiop);
+        self.http
+            .send(
+                "POST",
+                &url,
+                &fspiop_headers(source, PAYEE),
+                &body.to_string(),
+            )
+            .await
+    }
+
+    async fn fulfil(&self, n: u64, body: &Value) -> (u16, Value) {
+        let url = format!("{}/transfers/{}", self.hub.fspiop, tid(n));
+        let mut headers = fspiop_headers(PAYEE, PAYER);
+        headers.retain(|(n, _)| *n != "accept");
+        self.http
+            .send("PUT", &url, &headers, &body.to_string())
+            .await
+    }
+
+    async fn reject(&self, n: u64, code: &str) -> (u16, Value) {
+        let url = format!("{}/transfers/{}/error", self.hub.fspiop, tid(n));
+        let body =
+            json!({"errorInformation": {"errorCode": code, "errorDescription": "Payee rejected"}});
+        self.http
+            .send(
+                "PUT",
+                &url,
+                &fspiop_headers(PAYEE, PAYER),
+                &body.to_string(),
+            )
+            .await
+    }
+
+    async fn get(&self, n: u64, source: &str) -> u16 {
+        let url = format!("{}/transfers/{}", self.hub.fspiop, tid(n));
+        let mut headers = fspiop_headers(source, PAYER);
+        headers.retain(|(n, _)| *n != "content-type");
+        self.http.send("GET", &url, &headers, "").await.0
+    }
+
+    async fn callback(&self, dfsp: &str, method: &str, path: &str) -> Received {
+        let (d, m, p) = (dfsp.to_string(), method.to_string(), path.to_string());
+        self.dfsps
+            .wait_for(&format!("{method} {path} to {dfsp}"), move |r| {
+                r.dfsp == d && r.method == m && r.path == p
+            })
+            .await
+    }
+
+    async fn positions(&self) -> ((f64, f64), (f64, f64)) {
+        (
+            position(&self.http, &self.hub.admin, PAYER).await,
+            position(&self.http, &self.hub.admin, PAYEE).await,
+        )
+    }
+}
+
+fn error_code(r: &Received) -> &str {
+    r.body["errorInformation"]["errorCode"]
+        .as_str()
+        .unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_path_patch_duplicates_reject_and_invalid_fulfilment() {
+    let w = world("1000", "1000").await;
+    assert_eq!(w.positions().await, ((0.0, 0.0), (0.0, 0.0)));
+
+    // Golden path: prepare → forwarded to the payee with the payer's headers → fulfil →
+    // payer gets the fulfil; positions move.
+    let body = prepare_body(1, PAYER, PAYEE, "100.5", 60_000);
+    assert_eq!(w.prepare(&body, PAYER).await.0, 202);
+    let forwarded = w.callback(PAYEE, "POST", "/transfers").await;
+    assert_eq!(forwarded.body, body);
+    assert_eq!(forwarded.header("fspiop-source"), Some(PAYER));
+    assert_eq!(forwarded.header("fspiop-destination"), Some(PAYEE));
+    assert!(
+        forwarded.header("accept").is_some(),
+        "the forwarded prepare keeps Accept"
+    );
+    assert_eq!(w.positions().await, ((0.0, 100.5), (0.0, 0.0)));
+    let first_fulfil = fulfil_body(1, "COMMITTED");
+    assert_eq!(w.fulfil(1, &first_fulfil).await.0, 202);
+    let done = w
+        .callback(PAYER, "PUT", &format!("/transfers/{}", tid(1)))
+        .await;
+    assert_eq!(done.body["transferState"], "COMMITTED");
+    assert_eq!(done.header("fspiop-source"), Some(PAYEE));
+    assert!(done.header("accept").is_none(), "callbacks carry no Accept");
+    assert_eq!(w.positions().await, ((100.5, 0.0), (-100.5, 0.0)));
+
+    // PATCH: the payee fulfils with RESERVED and is told COMMITTED.
+    assert_eq!(
+        w.prepare(&prepare_body(2, PAYER, PAYEE, "1", 60_000), PAYER)
+            .await
+            .0,
+        202
+    );
+    w.dfsps
+        .wait_for("forward 2", |r| r.body["transferId"] == tid(2))
+        .await;
+    assert_eq!(w.fulfil(2, &fulfil_body(2, "RESERVED")).await.0, 202);
+    let patch = w
+        .callback(PAYEE, "PATCH", &format!("/transfers/{}", tid(2)))
+        .await;
+    assert_eq!(patch.body["transferState"], "COMMITTED");
+    assert_eq!(patch.header("fspiop-source"), Some("Hub"));
+
+    // Duplicate prepare, same body: current state re-sent; modified body: 3106.
+    assert_eq!(w.prepare(&body, PAYER).await.0, 202);
+    let resent = w
+        .dfsps
+        .wait_for("state re-sent", |r| {
+            r.dfsp == PAYER
+                && r.method == "PUT"
+                && r.header("fspiop-source") == Some("Hub")
+                && r.path == format!("/transfers/{}", tid(1))
+        })
+        .await;
+    assert_eq!(resent.body["transferState"], "COMMITTED");
+    let mut modified = body.clone();
+    modified["amount"]["amount"] = json!("7");
+    assert_eq!(w.prepare(&modified, PAYER).await.0, 202);
+    let error = w
+        .callback(PAYER, "PUT", &format!("/transfers/{}/error", tid(1)))
+        .await;
+    assert_eq!(error_code(&error), "3106");
+    // Duplicate fulfil, same body: COMMITTED re-sent to the payee; modified: 3106.
+    assert_eq!(w.fulfil(1, &first_fulfil).await.0, 202);
+    let resent = w
+        .callback(PAYEE, "PUT", &format!("/transfers/{}", tid(1)))
+        .await;
+    assert_eq!(resent.body["transferState"], "COMMITTED");
+    assert_eq!(resent.body["fulfilment"], first_fulfil["fulfilment"]);
+    let mut other = first_fulfil.clone();
+    other["completedTimestamp"] = json!(expiration_in(-5_000));
+    assert_eq!(w.fulfil(1, &other).await.0, 202);
+    let error = w
+        .callback(PAYEE, "PUT", &format!("/transfers/{}/error", tid(1)))
+        .await;
+    assert_eq!(error_code(&error), "3106");
+    assert_eq!(
+        w.positions().await,
+        ((101.5, 0.0), (-101.5, 0.0)),
+        "duplicates moved nothing"
+    );
+
+    // Payee reject: its error code reaches the payer; the reservation is released.
+    assert_eq!(
+        w.prepare(&prepare_body(3, PAYER, PAYEE, "50", 60_000), PAYER)
+            .await
+            .0,
+        202
+    );
+    w.dfsps
+        .wait_for("forward 3", |r| r.body["transferId"] == tid(3))
+        .await;
+    assert_eq!(w.reject(3, "5101").await.0, 202);
+    let error = w
+        .callback(PAYER, "PUT", &format!("/transfers/{}/error", tid(3)))
+        .await;
+    assert_eq!(error_code(&error), "5101");
+    assert_eq!(w.positions().await.0, (101.5, 0.0));
+
+    // Invalid fulfilment: 3100, transfer aborted, reservation released.
+    assert_eq!(
+        w.prepare(&prepare_body(4, PAYER, PAYEE, "20", 60_000), PAYER)
+            .await
+            .0,
+        202
+    );
+    w.dfsps
+        .wait_for("forward 4", |r| r.body["transferId"] == tid(4))
+        .await;
+    let mut wrong = fulfil_body(4, "COMMITTED");
+    wrong["fulfilment"] = json!(secret(999).0);
+    assert_eq!(w.fulfil(4, &wrong).await.0, 202);
+    let error = w
+        .callback(PAYER, "PUT", &format!("/transfers/{}/error", tid(4)))
+        .await;
+    assert_eq!(error_code(&error), "3100");
+    assert_eq!(w.positions().await.0, (101.5, 0.0));
+
+    // GET: known (state to the requester), unknown (3208), third party (3000).
+    assert_eq!(w.get(1, PAYEE).await, 202);
+    let state = w
+        .dfsps
+        .wait_for("GET answer", |r| {
+            r.dfsp == PAYEE
+                && r.method == "PUT"
+                && r.path == format!("/transfers/{}", tid(1))
+                && r.header("fspiop-source") == Some("Hub")
+        })
+        .await;
+    assert_eq!(state.body["transferState"], "COMMITTED");
+    assert_eq!(w.get(777, PAYER).await, 202);
+    let error = w
+        .callback(PAYER, "PUT", &format!("/transfers/{}/error", tid(777)))
+        .await;
+    assert_eq!(error_code(&error), "3208");
+    provision(&w.http, &w.hub.admin, &w.dfsps, "otherfsp", "10", "10").await;
+    assert_eq!(w.get(1, "otherfsp").await, 202);
+    let error = w
+        .callback("otherfsp", "PUT", &format!("/transfers/{}/error", tid(1)))
+        .await;
+    assert_eq!(error_code(&error), "3000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_limits_and_bad_input() {
+    // NDC 300 binds below the 500 of liquidity.
+    let w = world("300", "500").await;
+
+    // Timeout: 3303 to payer and payee, within a second of the expiration.
+    let body = prepare_body(10, PAYER, PAYEE, "5", 1_500);
+    let expiration_ms =
+        gateway::fspiop::parse_timestamp(body["expiration"].as_str().expect("expiration"))
+            .expect("timestamp");
+    assert_eq!(w.prepare(&body, PAYER).await.0, 202);
+    w.dfsps
+        .wait_for("forward 10", |r| r.body["transferId"] == tid(10))
+        .await;
+    let to_payer = w
+        .callback(PAYER, "PUT", &format!("/transfers/{}/error", tid(10)))
+        .await;
+    let late_ms = engine::runtime::now_ms() - expiration_ms;
+    let to_payee = w
+        .callback(PAYEE, "PUT", &format!("/transfers/{}/error", tid(10)))
+        .await;
+    assert_eq!(
+        (error_code(&to_payer), error_code(&to_payee)),
+        ("3303", "3303")
+    );
+    assert!(
+        (0..1_000).contains(&late_ms),
+        "expiry enforced within 1 s of expiration ({late_ms} ms)"
+    );
+    assert_eq!(w.positions().await.0, (0.0, 0.0));
+
+    // 4200: the NDC (300) binds; 4001: after lowering cover below the NDC.
+    assert_eq!(
+        w.prepare(&prepare_body(11, PAYER, PAYEE, "301", 60_000), PAYER)
+            .await
+            .0,
+        202
+    );
+    let error = w
+        .callback(PAYER, "PUT", &format!("/transfers/{}/error", tid(11)))
+        .await;
+    assert_eq!(error_code(&error), "4200");
+    let (st, _) = w
+        .http
+        .admin(
+            "PUT",
+            &format!("{}/participants/{PAYER}/limits", w.hub.admin),
+            json!({"currency": "USD", "limit": {"type": "NET_DEBIT_CAP", "value": 1000}}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        w.prepare(&prepare_body(12, PAYER, PAYEE, "501", 60_000), PAYER)
+            .await
+            .0,
+        202
+    );
+    let error = w
+        .callback(PAYER, "PUT", &format!("/transfers/{}/error", tid(12)))
+        .await;
+    assert_eq!(error_code(&error), "4001");
+
+    // Synchronous refusals, each with an FSPIOP error code; never a 5xx.
+    let url = format!("{}/transfers", w.hub.fspiop);
+    let good = prepare_body(13, PAYER, PAYEE, "1", 60_000);
+    let (st, v) = w.prepare(&good, PAYEE).await;
+    assert_eq!(
+        (st, v["errorInformation"]["errorCode"].as_str()),
+        (400, Some("3100")),
+        "FSPIOP-Source != payer"
+    );
+    let mut headers = fspiop_headers(PAYER, PAYEE);
+    headers[0].1 = "application/vnd.interoperability.transfers+json;version=2.0".into();
+    let (st, v) = w.http.send("POST", &url, &headers, &good.to_string()).await;
+    assert_eq!(
+        (st, v["errorInformation"]["errorCode"].as_str()),
+        (406, Some("3001")),
+        "unsupported version"
+    );
+    let mut headers = fspiop_headers(PAYER, PAYEE);
+    headers[0].1 = "application/vnd.interoperability.transfers+json;version=1.0".into();
+    headers[1].1 = headers[0].1.clone();
+    assert_eq!(
+        w.http
+            .send(
+                "POST",
+                &url,
+                &headers,
+                &prepare_body(14, PAYER, PAYEE, "1", 60_000).to_string()
+            )
+            .await
+            .0,
+        202,
+        "1.0 accepted"
+    );
+    let (st, v) = w
+        .http
+        .send("POST", &url, &fspiop_headers(PAYER, PAYEE), "{not json")
+        .await;
+    assert_eq!(
+        (st, v["errorInformation"]["errorCode"].as_str()),
+        (400, Some("3101")),
+        "malformed JSON"
+    );
+    for amount in ["5.0", "-1", "1.12345", "1.123"] {
+        let (st, v) = w
+            .prepare(&prepare_body(15, PAYER, PAYEE, amount, 60_000), PAYER)
+            .await;
+        assert_eq!(
+            (st, v["errorInformation"]["errorCode"].as_str()),
+            (400, Some("3100")),
+            "amount {amount}"
+        );
+    }
+    let mut missing = good.clone();
+    missing.as_object_mut().expect("object").remove("condition");
+    let (st, v) = w.prepare(&missing, PAYER).await;
+    assert_eq!(
+        (st, v["errorInformation"]["errorCode"].as_str()),
+        (400, Some("3102"))
+    );
+    let (st, v) = w
+        .prepare(&prepare_body(16, PAYER, PAYEE, "1", -1_000), PAYER)
+        .await;
+    assert_eq!(
+        (st, v["errorInformation"]["errorCode"].as_str()),
+        (400, Some("3100")),
+        "expired"
+    );
+    for junk in ["", "[]", "null", "{\"transferId\": 5}", &"x".repeat(70_000)] {
+        let (st, _) = w
+            .http
+            .send("POST", &url, &fspiop_headers(PAYER, PAYEE), junk)
+            .await;
+        assert!((400..500).contains(&st), "junk {junk:.20} gave {st}");
+    }
+
+    // Inactive participant: the prepare is refused with 3100.
+    let (st, _) = w
+        .http
+        .admin(
+            "PUT",
+            &format!("{}/participants/{PAYER}", w.hub.admin),
+            json!({"isActive": false}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        w.prepare(&prepare_body(17, PAYER, PAYEE, "1", 60_000), PAYER)
+            .await
+            .0,
+        202
+    );
+    let error = w
+        .callback(PAYER, "PUT", &format!("/transfers/{}/error", tid(17)))
+        .await;
+    assert_eq!(error_code(&error), "3100");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_prepares_with_headroom_for_fifty() {
+    // Headroom 500 USD, 200 prepares of 10 USD: exactly 50 can be reserved.
+    let w = world("500", "1000").await;
+    let bodies: Vec<Value> = (100..300)
+        .map(|n| prepare_body(n, PAYER, PAYEE, "10", 60_000))
+        .collect();
+    let sends = bodies.iter().map(|b| w.prepare(b, PAYER));
+    let answers = futures::future::join_all(sends).await;
+    assert!(answers.iter().all(|(st, _)| *st == 202));
+    // Every prepare gets exactly one outcome.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let forwarded = w.dfsps.count(|r| r.dfsp == PAYEE && r.method == "POST");
+        let refused = w
+            .dfsps
+            .count(|r| r.dfsp == PAYER && r.path.ends_with("/error"));
+        let (_, reserved) = position(&w.http, &w.hub.admin, PAYER).await;
+        assert!(reserved <= 500.0, "reserved {reserved} beyond the limit");
+        if forwarded + refused == 200 {
+            assert_eq!(forwarded, 50, "exactly the headroom is reserved");
+            assert_eq!(
+                w.dfsps
+                    .count(|r| r.dfsp == PAYER && error_code(r) == "4200"),
+                150
+            );
+            assert_eq!(reserved, 500.0);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "outcomes: {forwarded} forwarded, {refused} refused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_results_survive_sigkill_and_sigterm_exits_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dfsps = Dfsps::start().await;
+    let http = Http::default();
+    let hub = HubProcess::start(dir.path());
+    provision(&http, &hub.admin, &dfsps, PAYER, "1000", "1000").await;
+    provision(&http, &hub.admin, &dfsps, PAYEE, "1000", "1000").await;
+    let mut headers = fspiop_headers(PAYEE, PAYER);
+    headers.retain(|(n, _)| *n != "accept");
+    for n in 1..=5u64 {
+        let body = prepare_body(n, PAYER, PAYEE, "10", 60_000);
+        assert_eq!(
+            http.send(
+                "POST",
+                &format!("{}/transfers", hub.fspiop),
+                &fspiop_headers(PAYER, PAYEE),
+                &body.to_string()
+            )
+            .await
+            .0,
+            202
+        );
+        dfsps
+            .wait_for("forward", |r| r.body["transferId"] == tid(n))
+            .await;
+        if n <= 3 {
+            let url = format!("{}/transfers/{}", hub.fspiop, tid(n));
+            assert_eq!(
+                http.send(
+                    "PUT",
+                    &url,
+                    &headers,
+                    &fulfil_body(n, "COMMITTED").to_string()
+                )
+                .await
+                .0,
+                202
+            );
+            dfsps
+                .wait_for("commit", |r| {
+                    r.dfsp == PAYER && r.path == format!("/transfers/{}", tid(n))
+                })
+                .await;
+        }
+    }
+    let before = (
+        position(&http, &hub.admin, PAYER).await,
+        position(&http, &hub.admin, PAYEE).await,
+    );
+    assert_eq!(before, ((30.0, 20.0), (-30.0, 0.0)));
+    hub.kill(); // SIGKILL
+    let hub = HubProcess::start(dir.path());
+    let after = (
+        position(&http, &hub.admin, PAYER).await,
+        position(&http, &hub.admin, PAYEE).await,
+    );
+    assert_eq!(after, before, "every acknowledged position is as it was");
+    // And the reserved ones can still be fulfilled; endpoints and participants survived.
+    let url = format!("{}/transfers/{}", hub.fspiop, tid(4));
+    assert_eq!(
+        http.send(
+            "PUT",
+            &url,
+            &headers,
+            &fulfil_body(4, "COMMITTED").to_string()
+        )
+        .await
+        .0,
+        202
+    );
+    dfsps
+        .wait_for("commit after restart", |r| {
+            r.dfsp == PAYER
+                && r.path == format!("/transfers/{}", tid(4))
+                && r.body["transferState"] == "COMMITTED"
+        })
+        .await;
+    assert!(hub.terminate(), "SIGTERM drains, flushes and exits 0");
+}

@@ -99,6 +99,7 @@ impl EmbeddedHub {
         let fspiop_state = state.clone();
         let fspiop = actix_web::HttpServer::new(move || {
             actix_web::App::new()
+                .wrap(fspiop_error_bodies())
                 .app_data(fspiop_state.clone())
                 .app_data(actix_web::web::PayloadConfig::new(REQUEST_BODY_BYTES_MAX))
                 .configure(transfers::routes)
@@ -115,6 +116,7 @@ impl EmbeddedHub {
         let admin_state = state.clone();
         let admin = actix_web::HttpServer::new(move || {
             actix_web::App::new()
+                .wrap(fspiop_error_bodies())
                 .app_data(admin_state.clone())
                 .app_data(actix_web::web::PayloadConfig::new(REQUEST_BODY_BYTES_MAX))
                 .configure(admin::routes)
@@ -162,6 +164,51 @@ fn first_addr(addrs: Vec<SocketAddr>, wanted: &str) -> Result<SocketAddr, Gatewa
             addr: wanted.to_string(),
             source: std::io::Error::other("no address bound"),
         })
+}
+
+/// Errors actix-web answers by itself (unknown path or method, an unparsable path
+/// segment, a body over the limit) get an FSPIOP `errorInformation` body too; responses
+/// that already carry JSON are left alone.
+fn fspiop_error_bodies<B: 'static>() -> actix_web::middleware::ErrorHandlers<B> {
+    use actix_web::http::StatusCode;
+    actix_web::middleware::ErrorHandlers::new()
+        .handler(StatusCode::NOT_FOUND, |res| {
+            replace_error(res, 3002, "Unknown URI")
+        })
+        .handler(StatusCode::METHOD_NOT_ALLOWED, |res| {
+            replace_error(res, 3000, "Generic client error - method not allowed")
+        })
+        .handler(StatusCode::PAYLOAD_TOO_LARGE, |res| {
+            replace_error(res, 3104, "Too large payload")
+        })
+        .handler(StatusCode::BAD_REQUEST, |res| {
+            replace_error(res, 3100, "Generic validation error")
+        })
+}
+
+fn replace_error<B>(
+    res: actix_web::dev::ServiceResponse<B>,
+    code: u16,
+    description: &str,
+) -> actix_web::Result<actix_web::middleware::ErrorHandlerResponse<B>> {
+    use actix_web::middleware::ErrorHandlerResponse;
+    let is_json = res
+        .response()
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"));
+    if is_json {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let (request, _) = res.into_parts();
+    let response = actix_web::HttpResponse::build(status)
+        .content_type("application/json")
+        .body(fspiop::error_body(code, description).to_string());
+    Ok(ErrorHandlerResponse::Response(
+        actix_web::dev::ServiceResponse::new(request, response).map_into_right_body(),
+    ))
 }
 
 async fn not_found() -> actix_web::HttpResponse {

@@ -518,3 +518,95 @@ async fn acknowledged_results_survive_sigkill_and_sigterm_exits_cleanly() {
         .await;
     assert!(hub.terminate(), "SIGTERM drains, flushes and exits 0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_on_every_endpoint_never_gives_a_5xx() {
+    let w = world("100", "100").await;
+    let id = tid(1);
+    let junk_bodies = [
+        String::new(),
+        "{".into(),
+        "[]".into(),
+        "null".into(),
+        "\"text\"".into(),
+        "{\"name\": 7, \"currency\": [1]}".into(),
+        "{\"transferId\": \"../../etc\", \"amount\": {\"amount\": \"1e9\", \"currency\": \"usd\"}}".into(),
+        json!({"fulfilment": "!!", "transferState": "COMMITTED"}).to_string(),
+        json!({"errorInformation": {"errorCode": "12", "errorDescription": 5}}).to_string(),
+        json!({"currency": "USD", "limit": {"type": "NET_DEBIT_CAP", "value": -5}}).to_string(),
+        json!({"action": "recordFundsIn", "amount": {"amount": "1.234", "currency": "USD"}, "transferId": "x"}).to_string(),
+        "\u{0}\u{1}\u{2}".into(),
+        "x".repeat(100_000),
+    ];
+    let fspiop = &w.hub.fspiop;
+    let admin = &w.hub.admin;
+    let targets: Vec<(&str, String)> = vec![
+        ("POST", format!("{fspiop}/transfers")),
+        ("PUT", format!("{fspiop}/transfers/{id}")),
+        ("PUT", format!("{fspiop}/transfers/{id}/error")),
+        ("PUT", format!("{fspiop}/transfers/not-an-id")),
+        ("GET", format!("{fspiop}/transfers/not-an-id")),
+        ("PATCH", format!("{fspiop}/transfers/{id}")),
+        ("POST", format!("{admin}/participants")),
+        ("PUT", format!("{admin}/participants/{PAYER}")),
+        ("PUT", format!("{admin}/participants/nobody")),
+        (
+            "POST",
+            format!("{admin}/participants/{PAYER}/initialPositionAndLimits"),
+        ),
+        ("PUT", format!("{admin}/participants/{PAYER}/limits")),
+        (
+            "POST",
+            format!("{admin}/participants/{PAYER}/accounts/1002"),
+        ),
+        (
+            "POST",
+            format!("{admin}/participants/{PAYER}/accounts/99999999"),
+        ),
+        ("POST", format!("{admin}/participants/{PAYER}/accounts/abc")),
+        (
+            "PUT",
+            format!("{admin}/participants/{PAYER}/accounts/1002/transfers/{id}"),
+        ),
+        ("POST", format!("{admin}/participants/{PAYER}/endpoints")),
+        ("GET", format!("{admin}/participants/nobody/positions")),
+        (
+            "GET",
+            format!("{admin}/participants/{PAYER}/positions?currency=XXX"),
+        ),
+    ];
+    let header_sets = [
+        fspiop_headers(PAYER, PAYEE),
+        vec![("content-type", "text/plain".to_string())],
+        vec![
+            ("content-type", CT.to_string()),
+            ("date", "yesterday".into()),
+            ("fspiop-source", "has space".into()),
+        ],
+    ];
+    for (method, url) in &targets {
+        for headers in &header_sets {
+            for body in &junk_bodies {
+                let (status, answer) = w.http.send(method, url, headers, body).await;
+                assert!(
+                    status < 500,
+                    "{method} {url} with {:.30}: {status} {answer}",
+                    body
+                );
+                if status >= 400 {
+                    let code = answer["errorInformation"]["errorCode"]
+                        .as_str()
+                        .unwrap_or("");
+                    assert_eq!(code.len(), 4, "{method} {url}: every refusal carries an FSPIOP code, got {status} {answer}");
+                }
+            }
+        }
+    }
+    // The hub still works afterwards, and nothing moved.
+    assert_eq!(w.positions().await, ((0.0, 0.0), (0.0, 0.0)));
+    let (st, _) = w
+        .http
+        .send("GET", &format!("{admin}/health/ready"), &[], "")
+        .await;
+    assert_eq!(st, 200);
+}

@@ -49,7 +49,7 @@ pub struct EngineArgs {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Transfers in flight (closed loop).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 768)]
     pub concurrency: usize,
     /// Net Debit Cap of each DFSP in minor units (default: large enough never to bind).
     #[arg(long, default_value_t = 1_000_000_000_000)]

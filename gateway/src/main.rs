@@ -4,6 +4,11 @@ use clap::Parser;
 use gateway::{Config, EmbeddedHub};
 use std::path::PathBuf;
 
+/// mimalloc instead of glibc malloc: in a profile of the hub at its HTTP ceiling, glibc's
+/// malloc and free took about 10 % of the process's CPU.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(about = "Position-engine hub: FSPIOP v1.1 transfers API and admin API")]
 struct Args {

@@ -27,4 +27,6 @@ pub enum EngineError {
     Config(String),
     #[error("the hub is shutting down")]
     ShuttingDown,
+    #[error("bound exceeded: {0}")]
+    Overflow(String),
 }

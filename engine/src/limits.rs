@@ -28,6 +28,8 @@ pub struct Limits {
     pub snapshot_every_batches: u64,
     /// Finished transfers kept in memory until the archiver has written them.
     pub finished_cache_max: usize,
+    /// Capacity of each partition's peer lane (messages from other partitions and ticks).
+    pub peer_lane_capacity: usize,
     /// Capacity of the event channel to the notifier.
     pub events_capacity: usize,
     /// Out-of-order peer messages one partition tolerates per sender.
@@ -55,6 +57,7 @@ impl Default for Limits {
             tick_interval_ms: 100,
             snapshot_every_batches: 2_000,
             finished_cache_max: 1_000_000,
+            peer_lane_capacity: 1 << 20,
             events_capacity: 65_536,
             peer_reorder_window_max: 100_000,
             sled_cache_bytes: 256 * 1024 * 1024,

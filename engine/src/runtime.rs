@@ -12,10 +12,12 @@
 //!    finished transfers to the archiver.
 //!
 //! Queues: the client mailbox is bounded (`mailbox_capacity`; full → `Overloaded`, which the
-//! gateway answers with 503 + Retry-After). The peer lane is unbounded in type but bounded
-//! by the protocol: a partition sends at most one borrow per parked prepare
-//! (`parked_prepares_max`), one recall per account per round and one answer per recall, and
-//! at most one tick is pending per partition.
+//! gateway answers with 503 + Retry-After). The peer lane holds at most
+//! `peer_lane_capacity` messages, a bound the protocol itself keeps far below: a partition
+//! sends at most one borrow per parked prepare (`parked_prepares_max`), one recall per
+//! account per round and one answer per recall, and at most one tick is pending per
+//! partition. A full peer lane therefore means a broken protocol bound: the sending
+//! partition stops with an error naming it rather than drop a message.
 
 use crate::command::{
     Admin, Command, ErrorCode, Event, FinishedTransfer, Fulfil, Prepare, Reject, TimestampMs,
@@ -154,7 +156,7 @@ struct Shared {
     /// Taken (and so closed) by `shutdown`; actors and threads hold their own handles.
     store: Mutex<Option<Arc<dyn Storage>>>,
     clients: Vec<mpsc::Sender<ClientRequest>>,
-    peers: Vec<mpsc::UnboundedSender<Command>>,
+    peers: Vec<mpsc::Sender<Command>>,
     queries: Vec<mpsc::Sender<Query>>,
     stats: Vec<Stats>,
     /// `confirmed[to * N + from]`: receiver `to` has durably applied `from`'s messages up
@@ -260,7 +262,7 @@ impl Hub {
             let (tx, rx) = mpsc::channel(limits.mailbox_capacity);
             clients.push(tx);
             client_rxs.push(rx);
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = mpsc::channel(limits.peer_lane_capacity);
             peers.push(tx);
             peer_rxs.push(rx);
             let (tx, rx) = mpsc::channel(QUERY_QUEUE_MAX);
@@ -420,7 +422,7 @@ impl Hub {
                     .tick_pending
                     .swap(true, Ordering::AcqRel)
                 {
-                    let _ = peer.send(Command::Tick { now_ms: now });
+                    let _ = peer.try_send(Command::Tick { now_ms: now });
                 }
             }
         }
@@ -967,7 +969,7 @@ struct Actor {
     finished_order: VecDeque<(u64, Vec<TransferId>)>,
     events: mpsc::Sender<Event>,
     client_rx: mpsc::Receiver<ClientRequest>,
-    peer_rx: mpsc::UnboundedReceiver<Command>,
+    peer_rx: mpsc::Receiver<Command>,
     query_rx: mpsc::Receiver<Query>,
     last_snapshot_batch: u64,
 }
@@ -1014,7 +1016,10 @@ impl Actor {
     async fn run(mut self, republish: Vec<Event>) {
         // Re-send what the receivers may not have made durable before the restart.
         for message in self.unconfirmed.values() {
-            self.deliver(message);
+            if let Err(e) = self.deliver(message) {
+                self.stop(&e);
+                return;
+            }
         }
         for event in republish {
             if self.events.send(event).await.is_err() {
@@ -1336,7 +1341,7 @@ impl Actor {
             .fetch_add(output.denials.len() as u64, Ordering::Relaxed);
         self.publish_confirmations();
         for message in output.messages {
-            self.deliver(&message);
+            self.deliver(&message)?;
             self.unconfirmed.insert((message.to, message.seq), message);
         }
         if !output.finished.is_empty() {
@@ -1396,14 +1401,21 @@ impl Actor {
         *lock(&self.shared.stats[self.partition as usize].stopped) = Some(error.to_string());
     }
 
-    /// Sends a message into the receiver's log (its peer lane).
-    fn deliver(&self, message: &Outgoing) {
+    /// Sends a message into the receiver's log (its peer lane). A closed lane (a stopped
+    /// receiver) keeps the message in `unconfirmed`, re-sent after a restart.
+    fn deliver(&self, message: &Outgoing) -> Result<(), EngineError> {
         let command = Command::Peer {
             from: self.partition,
             seq: message.seq,
             message: message.message.clone(),
         };
-        let _ = self.shared.peers[message.to as usize].send(command);
+        match self.shared.peers[message.to as usize].try_send(command) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(EngineError::Overflow(format!(
+                "peer lane of partition {} is over its bound of {} messages",
+                message.to, self.shared.limits.peer_lane_capacity
+            ))),
+        }
     }
 
     /// Tells senders how far this partition has durably applied their messages.

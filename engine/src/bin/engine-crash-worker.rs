@@ -22,6 +22,9 @@ const PARTITIONS: u32 = 4;
 const DFSPS: usize = 6;
 const NDC: i64 = 2_000_000;
 const IN_FLIGHT_MAX: usize = 256;
+/// Events buffered while provisioning after a restart (more than a replay republishes:
+/// at most 50 batches between snapshots of at most 8192 commands).
+const FORWARD_EVENTS_MAX: usize = 1 << 20;
 
 fn fsp(i: usize) -> FspId {
     FspId::new(&format!("crashfsp{i}")).expect("static name")
@@ -116,10 +119,10 @@ async fn run(dir: PathBuf, seed: u64) -> Result<(), String> {
     // Drain the event stream from the start: after a restart the engine republishes the
     // replayed batches' events, and an unread stream would hold the partitions back
     // (back-pressure) while provisioning waits for them.
-    let (forward, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let (forward, mut events) = tokio::sync::mpsc::channel(FORWARD_EVENTS_MAX);
     tokio::spawn(async move {
         while let Some(event) = engine_events.recv().await {
-            if forward.send(event).is_err() {
+            if forward.send(event).await.is_err() {
                 break;
             }
         }

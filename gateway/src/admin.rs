@@ -122,7 +122,7 @@ fn amount_value(value: Option<&Value>, currency: Currency, what: &str) -> Result
     parse_admin_amount(&text, currency).map_err(|e| ApiError::validation(format!("{what}: {e}")))
 }
 
-async fn participant_json(state: &AppState, p: &Participant) -> Value {
+fn participant_json(p: &Participant) -> Value {
     let mut accounts = Vec::new();
     for (i, currency) in p.currencies.iter().enumerate() {
         for (settlement, kind) in [(false, "POSITION"), (true, "SETTLEMENT")] {
@@ -134,7 +134,6 @@ async fn participant_json(state: &AppState, p: &Participant) -> Value {
             }));
         }
     }
-    let _ = state;
     json!({
         "name": p.name,
         "id": format!("/participants/{}", p.name),
@@ -188,20 +187,20 @@ async fn create(state: &AppState, body: &[u8]) -> Answer {
         .put(&state.hub, p.clone())
         .await
         .map_err(storage_error)?;
-    Ok(HttpResponse::Created().json(participant_json(state, &p).await))
+    Ok(HttpResponse::Created().json(participant_json(&p)))
 }
 
 async fn list_participants(state: web::Data<AppState>) -> HttpResponse {
     let mut out = Vec::new();
     for p in state.registry.all() {
-        out.push(participant_json(&state, &p).await);
+        out.push(participant_json(&p));
     }
     HttpResponse::Ok().json(out)
 }
 
 async fn get_participant(state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
     respond(match participant(&state, &path) {
-        Ok(p) => Ok(HttpResponse::Ok().json(participant_json(&state, &p).await)),
+        Ok(p) => Ok(HttpResponse::Ok().json(participant_json(&p))),
         Err(e) => Err(e),
     })
 }
@@ -238,7 +237,7 @@ async fn activate(state: &AppState, name: &str, body: &[u8]) -> Answer {
         .put(&state.hub, p.clone())
         .await
         .map_err(storage_error)?;
-    Ok(HttpResponse::Ok().json(participant_json(state, &p).await))
+    Ok(HttpResponse::Ok().json(participant_json(&p)))
 }
 
 /// `{currency, limit: {type: NET_DEBIT_CAP, value, alarmPercentage?}}`.

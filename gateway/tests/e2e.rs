@@ -6,6 +6,10 @@ use common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 
+/// The tests run one at a time: each starts a whole hub, and the timing assertions
+/// (expiry within 1 s) should not depend on how many hubs share the two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const PAYER: &str = "payerfsp";
 const PAYEE: &str = "payeefsp";
 
@@ -99,6 +103,7 @@ fn error_code(r: &Received) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn golden_path_patch_duplicates_reject_and_invalid_fulfilment() {
+    let _serial = SERIAL.lock().await;
     let w = world("1000", "1000").await;
     assert_eq!(w.positions().await, ((0.0, 0.0), (0.0, 0.0)));
 
@@ -244,6 +249,7 @@ async fn golden_path_patch_duplicates_reject_and_invalid_fulfilment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_limits_and_bad_input() {
+    let _serial = SERIAL.lock().await;
     // NDC 300 binds below the 500 of liquidity.
     let w = world("300", "500").await;
 
@@ -403,6 +409,7 @@ async fn timeouts_limits_and_bad_input() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_prepares_with_headroom_for_fifty() {
+    let _serial = SERIAL.lock().await;
     // Headroom 500 USD, 200 prepares of 10 USD: exactly 50 can be reserved.
     let w = world("500", "1000").await;
     let bodies: Vec<Value> = (100..300)
@@ -440,6 +447,7 @@ async fn two_hundred_concurrent_prepares_with_headroom_for_fifty() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_results_survive_sigkill_and_sigterm_exits_cleanly() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let dfsps = Dfsps::start().await;
     let http = Http::default();
@@ -521,6 +529,7 @@ async fn acknowledged_results_survive_sigkill_and_sigterm_exits_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_on_every_endpoint_never_gives_a_5xx() {
+    let _serial = SERIAL.lock().await;
     let w = world("100", "100").await;
     let id = tid(1);
     let junk_bodies = [

@@ -3,9 +3,11 @@
 //!
 //! One consumer reads the engine's event stream (events arrive only after their batch is
 //! durable) and spawns one task per callback. Two semaphores bound the work: at most
-//! `CALLBACKS_IN_FLIGHT_MAX` callbacks overall and `CALLBACKS_PER_DFSP_MAX` per DFSP, so a
-//! DFSP that is down ties up only its own share. Each callback is tried up to
-//! `CALLBACK_ATTEMPTS_MAX` times with capped exponential backoff; every outcome is counted.
+//! `CALLBACKS_IN_FLIGHT_MAX` callbacks overall and `CALLBACKS_PER_DFSP_MAX` per DFSP. A DFSP
+//! that already has its share in flight (it is down or far behind) has further callbacks
+//! given up at once and counted, so it never holds the slots the other DFSPs need. Each
+//! callback is tried up to `CALLBACK_ATTEMPTS_MAX` times with capped exponential backoff;
+//! every outcome is counted.
 
 use crate::fspiop::{error_body, format_timestamp, media_type, Stash};
 use crate::limits::{
@@ -79,21 +81,25 @@ impl Notifier {
             self.metrics.callback(CallbackOutcome::NoEndpoint, 0);
             return;
         };
-        let Ok(permit) = self.overall.clone().acquire_owned().await else {
-            return;
-        };
         let dfsp = {
             let mut map = self.per_dfsp.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(callback.to)
                 .or_insert_with(|| Arc::new(Semaphore::new(CALLBACKS_PER_DFSP_MAX)))
                 .clone()
         };
+        // A DFSP with CALLBACKS_PER_DFSP_MAX callbacks still in flight is down or far
+        // behind: this callback is given up at once (counted; the DFSP can still GET the
+        // transfer) rather than tie up slots that the other DFSPs need.
+        let Ok(dfsp_permit) = dfsp.try_acquire_owned() else {
+            self.metrics.callback(CallbackOutcome::GaveUp, 0);
+            return;
+        };
+        let Ok(permit) = self.overall.clone().acquire_owned().await else {
+            return;
+        };
         let this = self.clone();
         tokio::spawn(async move {
-            let _overall = permit;
-            let Ok(_dfsp) = dfsp.acquire_owned().await else {
-                return;
-            };
+            let _permits = (permit, dfsp_permit);
             this.deliver(callback).await;
         });
     }

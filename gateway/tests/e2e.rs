@@ -619,3 +619,72 @@ async fn bad_input_on_every_endpoint_never_gives_a_5xx() {
         .await;
     assert_eq!(st, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dfsp_that_hangs_does_not_stall_the_others() {
+    let _serial = SERIAL.lock().await;
+    let w = world("100000", "100000").await;
+    // "hangfsp" accepts connections and never answers.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hang_addr = hang.local_addr().expect("addr");
+    let mut held = Vec::new();
+    let accept = tokio::spawn(async move {
+        while let Ok((stream, _)) = hang.accept().await {
+            held.push(stream);
+        }
+    });
+    provision(&w.http, &w.hub.admin, &w.dfsps, "hangfsp", "1000", "1000").await;
+    let (st, _) = w
+        .http
+        .admin(
+            "POST",
+            &format!("{}/participants/hangfsp/endpoints", w.hub.admin),
+            json!({"type": "FSPIOP_CALLBACK_URL_TRANSFER_POST", "value": format!("http://{hang_addr}/transfers")}),
+        )
+        .await;
+    assert_eq!(st, 201);
+    // More prepares whose forward goes to the hanging DFSP than the notifier has callback
+    // slots in all (CALLBACKS_IN_FLIGHT_MAX)...
+    let url = format!("{}/transfers", w.hub.fspiop);
+    let headers = fspiop_headers(PAYER, "hangfsp");
+    let total = gateway::limits::CALLBACKS_IN_FLIGHT_MAX as u64 + 100;
+    for chunk in (10_000..10_000 + total).collect::<Vec<u64>>().chunks(300) {
+        let bodies: Vec<String> = chunk
+            .iter()
+            .map(|n| prepare_body(*n, PAYER, "hangfsp", "1", 60_000).to_string())
+            .collect();
+        let sends = bodies
+            .iter()
+            .map(|b| w.http.send("POST", &url, &headers, b));
+        assert!(futures::future::join_all(sends)
+            .await
+            .iter()
+            .all(|(st, _)| *st == 202));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ... and then a transfer between healthy DFSPs still completes promptly.
+    let started = std::time::Instant::now();
+    assert_eq!(
+        w.prepare(&prepare_body(2_000, PAYER, PAYEE, "1", 60_000), PAYER)
+            .await
+            .0,
+        202
+    );
+    w.dfsps
+        .wait_for("healthy forward", |r| r.body["transferId"] == tid(2_000))
+        .await;
+    assert_eq!(
+        w.fulfil(2_000, &fulfil_body(2_000, "COMMITTED")).await.0,
+        202
+    );
+    w.callback(PAYER, "PUT", &format!("/transfers/{}", tid(2_000)))
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "healthy DFSPs waited {:?}",
+        started.elapsed()
+    );
+    accept.abort();
+}

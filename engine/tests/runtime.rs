@@ -300,3 +300,45 @@ async fn a_full_mailbox_answers_overloaded_at_once() {
     assert!(overloaded > 0, "a bounded mailbox must refuse when full");
     hub.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_prepares_use_exactly_the_headroom() {
+    for round in 0..40u64 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (hub, mut events) = open(dir.path(), Limits::default());
+        provision(&hub, "payerfsp", 50_000, 100_000, 1).await;
+        provision(&hub, "payeefsp", 100_000, 100_000, 2).await;
+        let condition = [1u8; 32];
+        for n in 0..200u64 {
+            let p = prepare(1_000 + n, "payerfsp", "payeefsp", 1_000, condition);
+            let partition = hub.partition_of(&p.transfer_id);
+            hub.enqueue(
+                partition,
+                Command::Prepare {
+                    now_ms: now_ms(),
+                    prepare: p,
+                },
+            )
+            .expect("enqueue");
+            // Arrivals spread in time, as over HTTP, so slices borrow, spend and recall
+            // while prepares keep coming.
+            if n % (1 + round % 7) == 0 {
+                tokio::time::sleep(Duration::from_micros(200 * (round % 5))).await;
+            }
+        }
+        let (mut reserved, mut refused) = (0, Vec::new());
+        while reserved + refused.len() < 200 {
+            let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+                .await
+                .expect("event")
+                .expect("open");
+            match event {
+                Event::Reserved { .. } => reserved += 1,
+                Event::PrepareRefused { code, .. } => refused.push(code),
+                _ => {}
+            }
+        }
+        assert_eq!(reserved, 50, "round {round}: refusals {refused:?}");
+        hub.shutdown().await;
+    }
+}

@@ -295,22 +295,40 @@ async fn get_limits(
 
 async fn limits(state: &AppState, name: &str, query: &BTreeMap<String, String>) -> Answer {
     let p = participant(state, name)?;
+    let out: Vec<Value> = account_views(state, &p, query)
+        .await?
+        .into_iter()
+        .filter(|(_, view)| view.limits_set)
+        .map(|(currency, view)| {
+            json!({
+                "currency": currency.as_str(),
+                "limit": {"type": "NET_DEBIT_CAP", "value": money_value(view.ndc, currency), "alarmPercentage": 10},
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(out))
+}
+
+/// The engine's view of each of a participant's accounts, limited to `?currency=` if given.
+async fn account_views(
+    state: &AppState,
+    p: &Participant,
+    query: &BTreeMap<String, String>,
+) -> Result<Vec<(Currency, engine::runtime::AccountView)>, ApiError> {
     let mut out = Vec::new();
     for currency in &p.currencies {
         if query.get("currency").is_some_and(|c| c != currency) {
             continue;
         }
-        let account = account_of(&p, currency)?;
-        if let Some(view) = state.hub.account(account).await {
-            if view.limits_set {
-                out.push(json!({
-                    "currency": currency,
-                    "limit": {"type": "NET_DEBIT_CAP", "value": money_value(view.ndc, account.currency), "alarmPercentage": 10},
-                }));
-            }
-        }
+        let account = account_of(p, currency)?;
+        let view = state
+            .hub
+            .account(account)
+            .await
+            .ok_or_else(|| storage_error("account unavailable"))?;
+        out.push((account.currency, view));
     }
-    Ok(HttpResponse::Ok().json(out))
+    Ok(out)
 }
 
 async fn put_limits(
@@ -526,24 +544,18 @@ async fn get_positions(
 /// Positions summed over all slices; one object when `currency` is asked, else a list.
 async fn positions(state: &AppState, name: &str, query: &BTreeMap<String, String>) -> Answer {
     let p = participant(state, name)?;
-    let mut out = Vec::new();
-    for currency in &p.currencies {
-        if query.get("currency").is_some_and(|c| c != currency) {
-            continue;
-        }
-        let account = account_of(&p, currency)?;
-        let view = state
-            .hub
-            .account(account)
-            .await
-            .ok_or_else(|| storage_error("account unavailable"))?;
-        out.push(json!({
-            "currency": currency,
-            "value": money_value(view.position, account.currency),
-            "reservedValue": money_value(view.reserved, account.currency),
-            "changedDate": format_timestamp(now_ms()),
-        }));
-    }
+    let mut out: Vec<Value> = account_views(state, &p, query)
+        .await?
+        .into_iter()
+        .map(|(currency, view)| {
+            json!({
+                "currency": currency.as_str(),
+                "value": money_value(view.position, currency),
+                "reservedValue": money_value(view.reserved, currency),
+                "changedDate": format_timestamp(now_ms()),
+            })
+        })
+        .collect();
     if query.contains_key("currency") {
         return match out.pop() {
             Some(one) => Ok(HttpResponse::Ok().json(one)),

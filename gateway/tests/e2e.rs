@@ -418,28 +418,37 @@ async fn two_hundred_concurrent_prepares_with_headroom_for_fifty() {
     let sends = bodies.iter().map(|b| w.prepare(b, PAYER));
     let answers = futures::future::join_all(sends).await;
     assert!(answers.iter().all(|(st, _)| *st == 202));
-    // Every prepare gets exactly one outcome.
+    // Every prepare gets exactly one outcome (counted by transfer: callbacks are at least
+    // once, so a retried one may arrive twice).
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let forwarded = w.dfsps.count(|r| r.dfsp == PAYEE && r.method == "POST");
-        let refused = w
-            .dfsps
-            .count(|r| r.dfsp == PAYER && r.path.ends_with("/error"));
+        let forwarded = w.dfsps.distinct(
+            |r| r.dfsp == PAYEE && r.method == "POST",
+            |r| r.body["transferId"].to_string(),
+        );
+        let refused = w.dfsps.distinct(
+            |r| r.dfsp == PAYER && r.path.ends_with("/error"),
+            |r| r.path.clone(),
+        );
+        let refused_4200 = w.dfsps.distinct(
+            |r| r.dfsp == PAYER && error_code(r) == "4200",
+            |r| r.path.clone(),
+        );
         let (_, reserved) = position(&w.http, &w.hub.admin, PAYER).await;
         assert!(reserved <= 500.0, "reserved {reserved} beyond the limit");
-        if forwarded + refused == 200 {
-            assert_eq!(forwarded, 50, "exactly the headroom is reserved");
-            assert_eq!(
-                w.dfsps
-                    .count(|r| r.dfsp == PAYER && error_code(r) == "4200"),
-                150
-            );
+        assert!(
+            forwarded <= 50,
+            "{forwarded} prepares forwarded: more than the headroom"
+        );
+        if forwarded == 50 && refused == 150 {
+            assert_eq!(refused_4200, 150, "every refusal is 4200");
             assert_eq!(reserved, 500.0);
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "outcomes: {forwarded} forwarded, {refused} refused"
+            "outcomes: {forwarded} forwarded, {refused} refused ({refused_4200} with 4200), reserved {reserved}: {:?}",
+            w.dfsps.log.lock().expect("log").iter().filter(|r| r.dfsp == PAYER).map(|r| error_code(r).to_string()).collect::<std::collections::BTreeSet<_>>()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

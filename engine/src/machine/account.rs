@@ -74,6 +74,11 @@ pub enum HomeRequest {
         transfer_id: TransferId,
         amount: i64,
         extra: i64,
+        /// The bank's round count when the borrow arrived. It may be refused only after a
+        /// recall round that started later has completed: every return sent before the
+        /// borrow arrived has then reached the bank (each sender's messages arrive in
+        /// order), so no headroom is still travelling towards it.
+        since_round: u64,
     },
     /// An admin change that lowers headroom: applied once all headroom is gathered.
     Decrease { request_id: u64, change: Decrease },

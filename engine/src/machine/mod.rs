@@ -264,16 +264,24 @@ impl PartitionState {
                 transfer_id,
                 amount,
                 extra,
-            } => self.home_borrow(
-                account,
-                HomeRequest::Borrow {
-                    from,
-                    transfer_id,
-                    amount,
-                    extra,
-                },
-                out,
-            ),
+            } => {
+                let since_round = self
+                    .accounts
+                    .get(&account)
+                    .and_then(|e| e.bank.as_ref())
+                    .map_or(0, |b| b.round);
+                self.home_borrow(
+                    account,
+                    HomeRequest::Borrow {
+                        from,
+                        transfer_id,
+                        amount,
+                        extra,
+                        since_round,
+                    },
+                    out,
+                )
+            }
             PeerMessage::Grant {
                 account,
                 transfer_id,
@@ -1033,6 +1041,7 @@ impl PartitionState {
                     transfer_id,
                     amount,
                     extra,
+                    ..
                 } = request
                 else {
                     unreachable!("only borrows arrive here")
@@ -1108,6 +1117,11 @@ impl PartitionState {
             bank.mode = BankMode::Centralised;
             let queue = std::mem::take(&mut bank.queue);
             for request in queue {
+                // A decision may have started another round: the rest wait for it.
+                if matches!(self.bank_mut(&account).mode, BankMode::Recalling { .. }) {
+                    self.bank_mut(&account).queue.push_back(request);
+                    continue;
+                }
                 self.home_decide(account, request, out);
             }
         }
@@ -1121,11 +1135,26 @@ impl PartitionState {
                 from,
                 transfer_id,
                 amount,
-                ..
+                extra,
+                since_round,
             } => {
                 let skip_limit_check = self.fault == Fault::SkipLimitCheck;
                 let bank = self.bank_mut(&account);
                 let amount_m = Money::from(amount);
+                if bank.bank < amount_m && !skip_limit_check && bank.round <= since_round {
+                    // Not yet proven short: gather once more before refusing.
+                    bank.queue.push_back(HomeRequest::Borrow {
+                        from,
+                        transfer_id,
+                        amount,
+                        extra,
+                        since_round,
+                    });
+                    if !matches!(bank.mode, BankMode::Recalling { .. }) {
+                        self.start_recall(account, out);
+                    }
+                    return;
+                }
                 if bank.bank >= amount_m || skip_limit_check {
                     bank.bank = checked_sub(bank.bank, amount_m);
                     let round = bank.round;

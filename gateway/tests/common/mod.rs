@@ -126,6 +126,21 @@ impl Dfsps {
         }
     }
 
+    /// Distinct request paths among the callbacks matching `pred` (callbacks are at least
+    /// once: a retried callback may arrive twice).
+    pub fn distinct(
+        &self,
+        pred: impl Fn(&Received) -> bool,
+        key: impl Fn(&Received) -> String,
+    ) -> usize {
+        let log = self.log.lock().expect("log");
+        log.iter()
+            .filter(|r| pred(r))
+            .map(key)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    }
+
     pub fn count(&self, pred: impl Fn(&Received) -> bool) -> usize {
         self.log
             .lock()

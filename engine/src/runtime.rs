@@ -175,6 +175,9 @@ struct Shared {
     denials: AtomicU64,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     archiver_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set by `shutdown`: the compactor gives up its merge and ends.
+    compactor_stop: Arc<AtomicBool>,
+    compactor_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     syncer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Counters as they were when the store closed (metrics after shutdown).
     final_metrics: Mutex<Option<EngineMetrics>>,
@@ -196,10 +199,8 @@ const ARCHIVE_SYNC_INTERVAL_MS: u64 = 200;
 const QUERY_QUEUE_MAX: usize = 1_024;
 /// Bound on sync requests waiting for the syncer.
 const SYNC_QUEUE_MAX: usize = 4_096;
-/// How many archived records one retention pass inspects.
-const PRUNE_SCAN_MAX: usize = 100_000;
-/// Retention passes run this often.
-const PRUNE_INTERVAL_MS: u64 = 60_000;
+/// With nothing to merge or prune, the compactor looks again after this long.
+const COMPACTOR_IDLE_MS: u64 = 100;
 
 pub fn now_ms() -> TimestampMs {
     SystemTime::now()
@@ -295,6 +296,8 @@ impl Hub {
             denials: AtomicU64::new(0),
             tasks: Mutex::new(Vec::new()),
             archiver_thread: Mutex::new(None),
+            compactor_stop: Arc::new(AtomicBool::new(false)),
+            compactor_thread: Mutex::new(None),
             syncer_thread: Mutex::new(None),
             final_metrics: Mutex::new(None),
         });
@@ -313,9 +316,18 @@ impl Hub {
         let retention_ms = limits.retention_ms;
         let archiver = std::thread::Builder::new()
             .name("engine-archiver".into())
-            .spawn(move || run_archiver(archiver_store, archive_rx, archiver_shared, retention_ms))
+            .spawn(move || run_archiver(archiver_store, archive_rx, archiver_shared))
             .map_err(|e| EngineError::Storage(e.to_string()))?;
         *lock(&shared.archiver_thread) = Some(archiver);
+
+        // 3b. The compactor: merges the archive's runs and drops expired ones.
+        let compactor_store = store.clone();
+        let compactor_stop = shared.compactor_stop.clone();
+        let compactor = std::thread::Builder::new()
+            .name("engine-compactor".into())
+            .spawn(move || run_compactor(compactor_store, compactor_stop, retention_ms))
+            .map_err(|e| EngineError::Storage(e.to_string()))?;
+        *lock(&shared.compactor_thread) = Some(compactor);
 
         // 4. The filters: filled from the archive in the background; until a partition
         //    has its filter, its duplicate checks all go to disk.
@@ -667,10 +679,15 @@ impl Hub {
         // is closed and the data directory can be opened again.
         let _ = self.shared.archiver.send(ArchiveMsg::Exit).await;
         let _ = self.shared.syncer.send(SyncMsg::Exit).await;
+        self.shared.compactor_stop.store(true, Ordering::Relaxed);
         let archiver = lock(&self.shared.archiver_thread).take();
+        let compactor = lock(&self.shared.compactor_thread).take();
         let syncer = lock(&self.shared.syncer_thread).take();
         let _ = tokio::task::spawn_blocking(move || {
             if let Some(thread) = archiver {
+                let _ = thread.join();
+            }
+            if let Some(thread) = compactor {
                 let _ = thread.join();
             }
             if let Some(thread) = syncer {
@@ -758,9 +775,7 @@ fn run_archiver(
     store: Arc<dyn Storage>,
     mut jobs: mpsc::Receiver<ArchiveMsg>,
     shared: std::sync::Weak<Shared>,
-    retention_ms: i64,
 ) {
-    let mut last_prune = std::time::Instant::now();
     let mut done: Vec<(u32, u64)> = Vec::new();
     let mut last_sync = std::time::Instant::now();
     let mut exiting = false;
@@ -811,10 +826,20 @@ fn run_archiver(
         if exiting {
             return;
         }
-        if last_prune.elapsed() >= Duration::from_millis(PRUNE_INTERVAL_MS) {
-            last_prune = std::time::Instant::now();
-            if let Err(e) = store.prune_finished(now_ms() - retention_ms, PRUNE_SCAN_MAX) {
-                error!(error = %e, "retention pass failed");
+    }
+}
+
+/// Archive upkeep off the critical path: merges runs (so lookups probe few of them) and
+/// drops runs past retention, one step at a time, until `stop` is set.
+fn run_compactor(store: Arc<dyn Storage>, stop: Arc<AtomicBool>, retention_ms: i64) {
+    while !stop.load(Ordering::Relaxed) {
+        match store.maintain_archive(now_ms() - retention_ms, &stop) {
+            Ok(true) => {}
+            Ok(false) => std::thread::sleep(Duration::from_millis(COMPACTOR_IDLE_MS)),
+            Err(e) => {
+                // Lookups stay correct with unmerged runs, only slower; say so and stop.
+                error!(error = %e, "archive maintenance failed; runs are no longer merged");
+                return;
             }
         }
     }
@@ -846,9 +871,9 @@ fn load_filters(
         .collect();
     let oldest_ms = now_ms() - retention_ms;
     let mut records = Vec::new();
-    let result = store.for_each_finished(&mut |record| {
-        if record.finished_ms >= oldest_ms {
-            records.push((record.finished_ms, record.parties.transfer_id.route_hash()));
+    let result = store.for_each_finished(&mut |hash, finished_ms| {
+        if finished_ms >= oldest_ms {
+            records.push((finished_ms, hash));
         }
     });
     if let Err(e) = result {
@@ -1211,6 +1236,13 @@ impl Actor {
             {
                 return Ok(None);
             }
+            // The archive may still hold records past retention (it drops whole runs);
+            // for a command they are forgotten, so a reused id starts a new transfer.
+            let oldest_ms = now_ms.saturating_sub(self.shared.limits.retention_ms);
+            return Ok(self
+                .store
+                .finished(id)?
+                .filter(|record| record.finished_ms >= oldest_ms));
         }
         self.store.finished(id)
     }

@@ -10,13 +10,12 @@
 //! * `snap/{p}`: the latest snapshot of partition p's state, chunked the same way, plus the
 //!   messages it sent that the receivers have not yet made durable.
 //! * `meta`: per-partition epoch.
-//! * a second sled database, `archive/`, with one tree `finished`: finished transfers by
-//!   transferId, written off the critical path by the archiver; GET and the duplicate
-//!   check read it. It is a separate database so that its many small random inserts do
-//!   not contend with the group commit's flush (measured: sharing one database halved
-//!   the engine's throughput). It has its own flush + fdatasync (`sync_archive`); the
-//!   runtime counts a transfer as archived only after that, and until then keeps it in
-//!   memory and in its snapshots.
+//! * a second sled database, `archive/`: finished transfers, findable by transferId for
+//!   GET and the duplicate check, written off the critical path by the archiver as sorted
+//!   runs that are merged in the background (see [`archive`]). It is a separate database
+//!   so that its writes do not contend with the group commit's flush, and it has its own
+//!   flush + fdatasync (`sync_archive`); the runtime counts a transfer as archived only
+//!   after that, and until then keeps it in memory and in its snapshots.
 //! * `registry`: the gateway's participant registry (opaque bytes by key).
 //!
 //! Durability: sled's `flush()` issues `sync_file_range`, which survives a process crash
@@ -30,7 +29,10 @@ use crate::EngineError;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+pub mod archive;
+pub use archive::ArchiveStats;
 
 /// Largest value written to sled in one piece.
 ///
@@ -105,16 +107,18 @@ pub trait Storage: Send + Sync + 'static {
     fn next_epoch(&self, partition: u32) -> Result<u64, EngineError>;
     /// Writes finished transfers to the archive (durable after `sync_archive`).
     fn archive(&self, records: &[FinishedTransfer]) -> Result<(), EngineError>;
-    /// Makes the archive durable: its own sled flush, then fdatasync of its data file.
+    /// Makes the archive durable: writes what `archive` queued, then its own sled flush
+    /// and fdatasync of its data file.
     fn sync_archive(&self) -> Result<(), EngineError>;
+    /// The newest archived record of this transferId (it may be older than retention).
     fn finished(&self, transfer_id: &TransferId) -> Result<Option<FinishedTransfer>, EngineError>;
-    /// Calls `visit` with every archived transfer (used to fill the filters at start).
-    fn for_each_finished(
-        &self,
-        visit: &mut dyn FnMut(&FinishedTransfer),
-    ) -> Result<(), EngineError>;
-    /// Removes archived transfers that finished before `before_ms`; returns how many.
-    fn prune_finished(&self, before_ms: i64, scan_max: usize) -> Result<usize, EngineError>;
+    /// Calls `visit(routing hash, finished_ms)` for every archived transfer (used to fill
+    /// the filters at start).
+    fn for_each_finished(&self, visit: &mut dyn FnMut(u64, i64)) -> Result<(), EngineError>;
+    /// One step of archive upkeep: drops what finished before `before_ms` (whole runs),
+    /// merges runs. Returns whether there was work. Gives up cleanly when `stop` is set.
+    fn maintain_archive(&self, before_ms: i64, stop: &AtomicBool) -> Result<bool, EngineError>;
+    fn archive_stats(&self) -> ArchiveStats;
     fn registry_put(&self, key: &str, value: &[u8]) -> Result<(), EngineError>;
     fn registry_get(&self, key: &str) -> Result<Option<Vec<u8>>, EngineError>;
     fn registry_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, EngineError>;
@@ -131,9 +135,7 @@ pub struct Store {
     db: sled::Db,
     data_file: File,
     meta: sled::Tree,
-    archive_db: sled::Db,
-    archive_file: File,
-    finished: sled::Tree,
+    archive: archive::Archive,
     registry: sled::Tree,
     wal: Vec<sled::Tree>,
     snap: Vec<sled::Tree>,
@@ -183,18 +185,9 @@ impl Store {
             wal.push(db.open_tree(format!("wal/{p}")).map_err(storage_err)?);
             snap.push(db.open_tree(format!("snap/{p}")).map_err(storage_err)?);
         }
-        let archive_db = sled::Config::new()
-            .path(dir.join("archive"))
-            .cache_capacity(cache_bytes / 2)
-            .flush_every_ms(Some(500))
-            .segment_size(SEGMENT_BYTES)
-            .open()
-            .map_err(storage_err)?;
-        let archive_file = File::open(dir.join("archive").join("db")).map_err(storage_err)?;
+        let archive = archive::Archive::open(&dir.join("archive"), cache_bytes / 2)?;
         let store = Store {
-            finished: archive_db.open_tree("finished").map_err(storage_err)?,
-            archive_db,
-            archive_file,
+            archive,
             registry: db.open_tree("registry").map_err(storage_err)?,
             db,
             data_file,
@@ -206,7 +199,6 @@ impl Store {
             fdatasync_us: AtomicU64::new(0),
         };
         store.sync()?;
-        store.sync_archive()?;
         Ok(store)
     }
 
@@ -404,61 +396,27 @@ impl Storage for Store {
     }
 
     fn archive(&self, records: &[FinishedTransfer]) -> Result<(), EngineError> {
-        let mut batch = sled::Batch::default();
-        for record in records {
-            let value = crate::codec::encode(record).map_err(storage_err)?;
-            batch.insert(record.parties.transfer_id.as_str().as_bytes(), value);
-        }
-        self.finished.apply_batch(batch).map_err(storage_err)
+        self.archive.add(records)
     }
 
     fn sync_archive(&self) -> Result<(), EngineError> {
-        self.archive_db.flush().map_err(storage_err)?;
-        self.archive_file.sync_data().map_err(storage_err)?;
-        Ok(())
+        self.archive.sync()
     }
 
     fn finished(&self, transfer_id: &TransferId) -> Result<Option<FinishedTransfer>, EngineError> {
-        match self
-            .finished
-            .get(transfer_id.as_str().as_bytes())
-            .map_err(storage_err)?
-        {
-            None => Ok(None),
-            Some(raw) => crate::codec::decode(&raw)
-                .map(Some)
-                .map_err(|e| corrupt(0, &format!("finished/{transfer_id}"), e)),
-        }
+        self.archive.get(transfer_id)
     }
 
-    fn for_each_finished(
-        &self,
-        visit: &mut dyn FnMut(&FinishedTransfer),
-    ) -> Result<(), EngineError> {
-        for item in self.finished.iter() {
-            let (key, raw) = item.map_err(storage_err)?;
-            let record: FinishedTransfer = crate::codec::decode(&raw).map_err(|e| {
-                corrupt(0, &format!("finished/{}", String::from_utf8_lossy(&key)), e)
-            })?;
-            visit(&record);
-        }
-        Ok(())
+    fn for_each_finished(&self, visit: &mut dyn FnMut(u64, i64)) -> Result<(), EngineError> {
+        self.archive.for_each(visit)
     }
 
-    fn prune_finished(&self, before_ms: i64, scan_max: usize) -> Result<usize, EngineError> {
-        let mut batch = sled::Batch::default();
-        let mut removed = 0;
-        for item in self.finished.iter().take(scan_max) {
-            let (key, raw) = item.map_err(storage_err)?;
-            let record: FinishedTransfer =
-                crate::codec::decode(&raw).map_err(|e| corrupt(0, "finished", e))?;
-            if record.finished_ms < before_ms {
-                batch.remove(key);
-                removed += 1;
-            }
-        }
-        self.finished.apply_batch(batch).map_err(storage_err)?;
-        Ok(removed)
+    fn maintain_archive(&self, before_ms: i64, stop: &AtomicBool) -> Result<bool, EngineError> {
+        self.archive.maintain(before_ms, stop)
+    }
+
+    fn archive_stats(&self) -> ArchiveStats {
+        self.archive.stats()
     }
 
     fn registry_put(&self, key: &str, value: &[u8]) -> Result<(), EngineError> {

@@ -5,7 +5,8 @@
 //! limits, funds in on its SETTLEMENT account, and its callback endpoints.
 
 use crate::fspiop::{format_timestamp, only_fields, parse_object, string_field, ApiError};
-use crate::registry::Participant;
+use crate::limits::SETTLEMENT_MODEL_NAME_CHARS_MAX;
+use crate::registry::{Participant, HUB_ACCOUNT_TYPES};
 use crate::transfers::error_response;
 use crate::AppState;
 use actix_web::{web, HttpResponse};
@@ -17,8 +18,13 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    // Fixed paths first: actix matches routes in the order they are registered, and
+    // `/participants/limits` must not be taken for a participant called "limits".
     cfg.route("/participants", web::post().to(create_participant))
         .route("/participants", web::get().to(list_participants))
+        .route("/participants/limits", web::get().to(all_limits))
+        .route("/settlementModels", web::post().to(create_settlement_model))
+        .route("/settlementModels", web::get().to(list_settlement_models))
         .route("/participants/{name}", web::get().to(get_participant))
         .route("/participants/{name}", web::put().to(set_active))
         .route(
@@ -28,6 +34,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/participants/{name}/limits", web::get().to(get_limits))
         .route("/participants/{name}/limits", web::put().to(put_limits))
         .route("/participants/{name}/accounts", web::get().to(get_accounts))
+        .route(
+            "/participants/{name}/accounts",
+            web::post().to(create_hub_account),
+        )
         .route(
             "/participants/{name}/accounts/{id}",
             web::post().to(funds_action),
@@ -154,8 +164,14 @@ async fn create(state: &AppState, body: &[u8]) -> Answer {
     let name = string_field(&map, "name")?;
     let fsp = FspId::new(name)
         .ok_or_else(|| ApiError::validation("name must be 1 to 32 printable characters"))?;
+    if name.eq_ignore_ascii_case(&state.hub_name) {
+        return Err(ApiError::validation(format!(
+            "{name} is the hub's own name; the hub's accounts are created with POST /participants/{name}/accounts"
+        )));
+    }
     let currency_text = string_field(&map, "currency")?;
     let currency = currency_of(currency_text)?;
+    let _one_at_a_time = state.admin_lock.lock().await;
     let mut p = state.registry.get(name).unwrap_or_else(|| Participant {
         name: name.to_string(),
         seq: state.registry.len() as u64 + 1,
@@ -163,6 +179,7 @@ async fn create(state: &AppState, body: &[u8]) -> Answer {
         is_active: true,
         currencies: Vec::new(),
         endpoints: BTreeMap::new(),
+        alarm_pct: BTreeMap::new(),
     });
     if p.currencies.iter().any(|c| c == currency_text) {
         return Err(ApiError::new(
@@ -191,7 +208,8 @@ async fn create(state: &AppState, body: &[u8]) -> Answer {
 }
 
 async fn list_participants(state: web::Data<AppState>) -> HttpResponse {
-    let mut out = Vec::new();
+    // central-ledger lists the hub participant too.
+    let mut out = vec![hub_json(&state)];
     for p in state.registry.all() {
         out.push(participant_json(&p));
     }
@@ -199,10 +217,149 @@ async fn list_participants(state: web::Data<AppState>) -> HttpResponse {
 }
 
 async fn get_participant(state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
+    if path.as_str() == state.hub_name {
+        return HttpResponse::Ok().json(hub_json(&state));
+    }
     respond(match participant(&state, &path) {
         Ok(p) => Ok(HttpResponse::Ok().json(participant_json(&p))),
         Err(e) => Err(e),
     })
+}
+
+/// The hub as a participant: always present and active, with the hub accounts recorded
+/// by provisioning (numbered from 1 in (currency, type) order).
+fn hub_json(state: &AppState) -> Value {
+    let accounts: Vec<Value> = state
+        .registry
+        .hub_accounts()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (currency, kind))| {
+            json!({"id": i + 1, "ledgerAccountType": kind, "currency": currency, "isActive": 1})
+        })
+        .collect();
+    json!({
+        "name": state.hub_name,
+        "id": format!("/participants/{}", state.hub_name),
+        "created": format_timestamp(0),
+        "isActive": 1,
+        "links": {"self": format!("/participants/{}", state.hub_name)},
+        "accounts": accounts,
+    })
+}
+
+async fn create_hub_account(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    respond(hub_account(&state, &path, &body).await)
+}
+
+/// `POST /participants/{hub}/accounts {currency, type}`: central-ledger's provisioning
+/// creates `HUB_MULTILATERAL_SETTLEMENT` and `HUB_RECONCILIATION` per currency before
+/// anything else. This hub keeps no money of its own, so the accounts are recorded (and
+/// listed) but nothing depends on them; scripts that make them still run.
+async fn hub_account(state: &AppState, name: &str, body: &[u8]) -> Answer {
+    let map = parse_object(body)?;
+    only_fields(&map, &["currency", "type"])?;
+    let currency = currency_of(string_field(&map, "currency")?)?;
+    let kind = string_field(&map, "type")?;
+    if name != state.hub_name {
+        participant(state, name)?;
+        return Err(ApiError::validation(
+            "a DFSP's POSITION and SETTLEMENT accounts come with POST /participants",
+        ));
+    }
+    if !HUB_ACCOUNT_TYPES.contains(&kind) {
+        return Err(ApiError::validation(format!(
+            "hub account type must be one of {}",
+            HUB_ACCOUNT_TYPES.join(", ")
+        )));
+    }
+    let _one_at_a_time = state.admin_lock.lock().await;
+    let created = state
+        .registry
+        .put_hub_account(&state.hub, currency.as_str(), kind)
+        .await
+        .map_err(storage_error)?;
+    if !created {
+        return Err(ApiError::new(
+            400,
+            3003,
+            "Add Party information error - hub account has already been registered",
+        ));
+    }
+    Ok(HttpResponse::Created().json(hub_json(state)))
+}
+
+async fn create_settlement_model(state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
+    respond(settlement_model(&state, &body).await)
+}
+
+/// `POST /settlementModels`: recorded as given (after a shape check) so provisioning
+/// scripts run; positions here are settled the same way whatever the model says.
+async fn settlement_model(state: &AppState, body: &[u8]) -> Answer {
+    let map = parse_object(body)?;
+    only_fields(
+        &map,
+        &[
+            "name",
+            "settlementGranularity",
+            "settlementInterchange",
+            "settlementDelay",
+            "currency",
+            "requireLiquidityCheck",
+            "ledgerAccountType",
+            "settlementAccountType",
+            "autoPositionReset",
+        ],
+    )?;
+    let name = string_field(&map, "name")?;
+    if name.is_empty()
+        || name.len() > SETTLEMENT_MODEL_NAME_CHARS_MAX
+        || !name.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ApiError::validation(
+            "settlement model name must be 1 to 64 printable characters",
+        ));
+    }
+    for (field, allowed) in [
+        ("settlementGranularity", &["GROSS", "NET"][..]),
+        ("settlementInterchange", &["BILATERAL", "MULTILATERAL"][..]),
+        ("settlementDelay", &["IMMEDIATE", "DEFERRED"][..]),
+    ] {
+        let value = string_field(&map, field)?;
+        if !allowed.contains(&value) {
+            return Err(ApiError::validation(format!(
+                "{field} must be one of {}",
+                allowed.join(", ")
+            )));
+        }
+    }
+    if let Some(currency) = map.get("currency") {
+        if !currency.is_null() {
+            currency_of(string_field(&map, "currency")?)?;
+        }
+    }
+    let _one_at_a_time = state.admin_lock.lock().await;
+    let created = state
+        .registry
+        .put_settlement_model(&state.hub, name, Value::Object(map.clone()))
+        .await
+        .map_err(storage_error)?;
+    if !created {
+        return Err(ApiError::new(
+            400,
+            3003,
+            "Add Party information error - settlement model already exists",
+        ));
+    }
+    Ok(HttpResponse::Created().finish())
+}
+
+async fn list_settlement_models(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.registry.settlement_models())
 }
 
 async fn set_active(
@@ -214,6 +371,7 @@ async fn set_active(
 }
 
 async fn activate(state: &AppState, name: &str, body: &[u8]) -> Answer {
+    let _one_at_a_time = state.admin_lock.lock().await;
     let mut p = participant(state, name)?;
     let map = parse_object(body)?;
     only_fields(&map, &["isActive"])?;
@@ -240,16 +398,61 @@ async fn activate(state: &AppState, name: &str, body: &[u8]) -> Answer {
     Ok(HttpResponse::Ok().json(participant_json(&p)))
 }
 
-/// `{currency, limit: {type: NET_DEBIT_CAP, value, alarmPercentage?}}`.
-fn limit_body(map: &Map<String, Value>, currency: Currency) -> Result<i64, ApiError> {
-    let Some(Value::Object(limit)) = map.get("limit") else {
-        return Err(ApiError::missing("limit"));
+/// `{currency, limit: {type: NET_DEBIT_CAP, value, alarmPercentage?}}` → (NDC in minor
+/// units, alarm percentage if given).
+fn limit_body(
+    map: &Map<String, Value>,
+    currency: Currency,
+) -> Result<(i64, Option<f64>), ApiError> {
+    let limit = match map.get("limit") {
+        Some(Value::Object(limit)) => limit,
+        Some(_) => return Err(ApiError::validation("limit must be an object")),
+        None => return Err(ApiError::missing("limit")),
     };
     only_fields(limit, &["type", "value", "alarmPercentage"])?;
     if string_field(limit, "type")? != "NET_DEBIT_CAP" {
         return Err(ApiError::validation("limit type must be NET_DEBIT_CAP"));
     }
-    amount_value(limit.get("value"), currency, "limit value")
+    let ndc = amount_value(limit.get("value"), currency, "limit value")?;
+    let alarm = match limit.get("alarmPercentage") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(pct) if (0.0..=100.0).contains(&pct) => Some(pct),
+            _ => return Err(ApiError::validation("alarmPercentage must be 0 to 100")),
+        },
+        Some(_) => return Err(ApiError::validation("alarmPercentage must be a number")),
+    };
+    Ok((ndc, alarm))
+}
+
+/// Records an alarm percentage with the participant (reported by the limits endpoints).
+async fn store_alarm(
+    state: &AppState,
+    name: &str,
+    currency: Currency,
+    alarm: Option<f64>,
+) -> Result<(), ApiError> {
+    let Some(pct) = alarm else {
+        return Ok(());
+    };
+    let _one_at_a_time = state.admin_lock.lock().await;
+    let mut p = participant(state, name)?;
+    p.alarm_pct.insert(currency.as_str().to_string(), pct);
+    state
+        .registry
+        .put(&state.hub, p)
+        .await
+        .map_err(storage_error)
+}
+
+/// What central-ledger reports when no alarm percentage was given.
+const ALARM_PCT_DEFAULT: f64 = 10.0;
+
+fn alarm_of(p: &Participant, currency: Currency) -> f64 {
+    p.alarm_pct
+        .get(currency.as_str())
+        .copied()
+        .unwrap_or(ALARM_PCT_DEFAULT)
 }
 
 async fn initial_position_and_limits(
@@ -265,7 +468,7 @@ async fn initial(state: &AppState, name: &str, body: &[u8]) -> Answer {
     let map = parse_object(body)?;
     only_fields(&map, &["currency", "limit", "initialPosition"])?;
     let account = account_of(&p, string_field(&map, "currency")?)?;
-    let ndc = limit_body(&map, account.currency)?;
+    let (ndc, alarm) = limit_body(&map, account.currency)?;
     let position = match map.get("initialPosition") {
         None => 0,
         Some(v) => amount_value(Some(v), account.currency, "initialPosition")?,
@@ -282,6 +485,7 @@ async fn initial(state: &AppState, name: &str, body: &[u8]) -> Answer {
         )
         .await
         .map_err(engine_error)?;
+    store_alarm(state, name, account.currency, alarm).await?;
     Ok(HttpResponse::Created().finish())
 }
 
@@ -295,17 +499,55 @@ async fn get_limits(
 
 async fn limits(state: &AppState, name: &str, query: &BTreeMap<String, String>) -> Answer {
     let p = participant(state, name)?;
-    let out: Vec<Value> = account_views(state, &p, query)
+    let out: Vec<Value> = limit_list(state, &p, query)
+        .await?
+        .into_iter()
+        .map(|(_, limit)| limit)
+        .collect();
+    Ok(HttpResponse::Ok().json(out))
+}
+
+/// `{currency, limit}` of each account whose limits are set, filtered by `?currency=`
+/// and `?type=` (only NET_DEBIT_CAP exists).
+async fn limit_list(
+    state: &AppState,
+    p: &Participant,
+    query: &BTreeMap<String, String>,
+) -> Result<Vec<(Currency, Value)>, ApiError> {
+    if query.get("type").is_some_and(|t| t != "NET_DEBIT_CAP") {
+        return Ok(Vec::new());
+    }
+    Ok(account_views(state, p, query)
         .await?
         .into_iter()
         .filter(|(_, view)| view.limits_set)
         .map(|(currency, view)| {
-            json!({
+            let limit = json!({
                 "currency": currency.as_str(),
-                "limit": {"type": "NET_DEBIT_CAP", "value": money_value(view.ndc, currency), "alarmPercentage": 10},
-            })
+                "limit": {"type": "NET_DEBIT_CAP", "value": money_value(view.ndc, currency),
+                          "alarmPercentage": alarm_of(p, currency)},
+            });
+            (currency, limit)
         })
-        .collect();
+        .collect())
+}
+
+async fn all_limits(
+    state: web::Data<AppState>,
+    query: web::Query<BTreeMap<String, String>>,
+) -> HttpResponse {
+    respond(every_limit(&state, &query).await)
+}
+
+/// `GET /participants/limits`: `[{name, currency, limit}]` over all participants.
+async fn every_limit(state: &AppState, query: &BTreeMap<String, String>) -> Answer {
+    let mut out = Vec::new();
+    for p in state.registry.all() {
+        for (_, mut limit) in limit_list(state, &p, query).await? {
+            limit["name"] = json!(p.name);
+            out.push(limit);
+        }
+    }
     Ok(HttpResponse::Ok().json(out))
 }
 
@@ -344,15 +586,17 @@ async fn set_limits(state: &AppState, name: &str, body: &[u8]) -> Answer {
     let map = parse_object(body)?;
     only_fields(&map, &["currency", "limit"])?;
     let account = account_of(&p, string_field(&map, "currency")?)?;
-    let ndc = limit_body(&map, account.currency)?;
+    let (ndc, alarm) = limit_body(&map, account.currency)?;
     state
         .hub
         .admin(now_ms(), Admin::SetNdc { account, ndc })
         .await
         .map_err(engine_error)?;
+    store_alarm(state, name, account.currency, alarm).await?;
     Ok(HttpResponse::Ok().json(json!({
         "currency": account.currency.as_str(),
-        "limit": {"type": "NET_DEBIT_CAP", "value": money_value(i128::from(ndc), account.currency)},
+        "limit": {"type": "NET_DEBIT_CAP", "value": money_value(i128::from(ndc), account.currency),
+                  "alarmPercentage": alarm.unwrap_or(ALARM_PCT_DEFAULT)},
     })))
 }
 
@@ -500,6 +744,7 @@ async fn add_endpoint(
 }
 
 async fn endpoint(state: &AppState, name: &str, body: &[u8]) -> Answer {
+    let _one_at_a_time = state.admin_lock.lock().await;
     let mut p = participant(state, name)?;
     let map = parse_object(body)?;
     only_fields(&map, &["type", "value"])?;
@@ -566,15 +811,23 @@ async fn positions(state: &AppState, name: &str, query: &BTreeMap<String, String
 }
 
 async fn partitions(state: web::Data<AppState>) -> HttpResponse {
+    let rates = state
+        .rates
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let list: Vec<Value> = state
         .hub
         .partitions()
         .into_iter()
         .map(|p| {
+            let ops = rates.get(p.partition as usize).copied().unwrap_or(0.0);
             json!({
                 "partition": p.partition, "owner": p.owner, "epoch": p.epoch,
                 "committedBatch": p.committed_batch, "queueDepth": p.queue_depth,
-                "appliedCommands": p.applied_commands, "stopped": p.stopped,
+                "appliedCommands": p.applied_commands,
+                "opsPerSecond": (ops * 10.0).round() / 10.0,
+                "stopped": p.stopped,
             })
         })
         .collect();
@@ -602,9 +855,12 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
 }
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let gauges = crate::metrics::NotifierGauges {
+        callbacks_in_flight: state.notifier.in_flight(),
+    };
     let body = state
         .metrics
-        .render(&state.hub.metrics(), &state.hub.partitions());
+        .render(&state.hub.metrics(), &state.hub.partitions(), gauges);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(body)

@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 
 /// The resource name in FSPIOP media types.
 pub const RESOURCE: &str = "transfers";
-/// Versions this hub speaks.
-pub const VERSIONS: [&str; 2] = ["1.1", "1.0"];
+/// Versions this hub speaks, as `(major, minor)`; the first is the one it answers with.
+pub const VERSIONS: [(u32, u32); 2] = [(1, 1), (1, 0)];
 
 /// An FSPIOP error answered synchronously: HTTP status, FSPIOP code, description.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,43 +59,125 @@ impl ApiError {
         )
     }
 
+    /// The `errorInformation` body. A 3001 lists the versions this hub speaks in its
+    /// `extensionList` as `{key: major, value: minor}`, as the FSPIOP spec asks, so a
+    /// client can pick one and retry.
     pub fn body(&self) -> Value {
-        error_body(self.code, &self.description)
+        let mut body = error_body(self.code, &self.description);
+        if self.code == 3001 {
+            let extension: Vec<Value> = VERSIONS
+                .iter()
+                .map(|(major, minor)| json!({"key": major.to_string(), "value": minor.to_string()}))
+                .collect();
+            body["errorInformation"]["extensionList"] = json!({ "extension": extension });
+        }
+        body
     }
 }
 
-/// An FSPIOP `ErrorInformationObject`.
+/// An FSPIOP `ErrorInformationObject`. The description is cut to the schema's 128
+/// characters (on a character boundary).
 pub fn error_body(code: u16, description: &str) -> Value {
+    let description: String = description
+        .chars()
+        .take(ERROR_DESCRIPTION_CHARS_MAX)
+        .collect();
     json!({"errorInformation": {"errorCode": format!("{code:04}"), "errorDescription": description}})
 }
+
+/// `ErrorDescription` is 1..=128 characters in the FSPIOP schema.
+pub const ERROR_DESCRIPTION_CHARS_MAX: usize = 128;
 
 /// The versioned media type, e.g. `application/vnd.interoperability.transfers+json;version=1.1`.
 pub fn media_type(version: &str) -> String {
     format!("application/vnd.interoperability.{RESOURCE}+json;version={version}")
 }
 
-/// Parses `application/vnd.interoperability.transfers+json;version=X` (whitespace and
-/// parameter case tolerated) and returns the version if this hub speaks it.
-fn version_of(value: &str) -> Result<Option<String>, ApiError> {
+/// What one media-type item of a `Content-Type` or `Accept` header says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum MediaItem {
+    /// Not `application/vnd.interoperability.transfers+json` at all.
+    Foreign,
+    /// Ours, with its `version` parameter as written (`None` when absent).
+    Ours(Option<String>),
+}
+
+/// Splits `application/vnd.interoperability.transfers+json;version=X` (whitespace,
+/// case and quoting of the parameter tolerated).
+fn media_item(value: &str) -> MediaItem {
     let mut parts = value.split(';').map(str::trim);
-    let base = parts.next().unwrap_or("").to_ascii_lowercase();
-    if base != format!("application/vnd.interoperability.{RESOURCE}+json") {
-        return Ok(None);
+    let base = parts.next().unwrap_or("");
+    if !base.eq_ignore_ascii_case(&format!("application/vnd.interoperability.{RESOURCE}+json")) {
+        return MediaItem::Foreign;
     }
-    let mut version = None;
-    for param in parts {
-        if let Some((key, val)) = param.split_once('=') {
-            if key.trim().eq_ignore_ascii_case("version") {
-                version = Some(val.trim().trim_matches('"').to_string());
+    let version = parts
+        .filter_map(|param| param.split_once('='))
+        .find(|(key, _)| key.trim().eq_ignore_ascii_case("version"))
+        .map(|(_, v)| v.trim().trim_matches('"').to_string());
+    MediaItem::Ours(version)
+}
+
+/// `major.minor` → the pair, if this hub speaks it.
+fn supported_exact(version: &str) -> bool {
+    let Some((major, minor)) = version.split_once('.') else {
+        return false;
+    };
+    match (major.parse::<u32>(), minor.parse::<u32>()) {
+        (Ok(major), Ok(minor)) => VERSIONS.contains(&(major, minor)),
+        _ => false,
+    }
+}
+
+/// An `Accept` version may name only the major version (`version=1`): any minor of it.
+fn supported_accept(version: &str) -> bool {
+    if version.contains('.') {
+        return supported_exact(version);
+    }
+    version
+        .parse::<u32>()
+        .is_ok_and(|major| VERSIONS.iter().any(|(m, _)| *m == major))
+}
+
+/// `Content-Type` of a request with a body. Not our media type: 400 3101 (as Mojaloop's
+/// API adapter answers); ours with a version this hub does not speak: 406 3001. A missing
+/// `version` parameter is taken as the current version.
+fn check_content_type(value: &str) -> Result<(), ApiError> {
+    match media_item(value) {
+        MediaItem::Foreign => Err(ApiError::malformed(format!(
+            "invalid Content-Type header {value}"
+        ))),
+        MediaItem::Ours(None) => Ok(()),
+        MediaItem::Ours(Some(v)) if supported_exact(&v) => Ok(()),
+        MediaItem::Ours(Some(v)) => Err(ApiError::version(format!(
+            "Content-Type version {v} is not supported"
+        ))),
+    }
+}
+
+/// `Accept`: a comma-separated list; one item must be ours in a version this hub speaks.
+/// No item of ours: 400 3101; ours only in other versions: 406 3001.
+fn check_accept(value: &str) -> Result<(), ApiError> {
+    let mut ours = false;
+    for item in value.split(',') {
+        match media_item(item) {
+            MediaItem::Foreign => {}
+            MediaItem::Ours(None) => return Ok(()),
+            MediaItem::Ours(Some(v)) => {
+                if supported_accept(&v) {
+                    return Ok(());
+                }
+                ours = true;
             }
         }
     }
-    match version {
-        None => Ok(Some("1.1".to_string())),
-        Some(v) if VERSIONS.contains(&v.as_str()) => Ok(Some(v)),
-        Some(v) => Err(ApiError::version(format!(
-            "version {v} is not supported; use 1.0 or 1.1"
-        ))),
+    if ours {
+        Err(ApiError::version(format!(
+            "no version in Accept {value} is supported"
+        )))
+    } else {
+        Err(ApiError::malformed(format!(
+            "invalid Accept header {value}"
+        )))
     }
 }
 
@@ -108,8 +190,21 @@ pub struct Headers {
     pub forwarded: Vec<(String, String)>,
 }
 
-/// Checks content type / accept versions, `Date`, `FSPIOP-Source`, `FSPIOP-Destination`.
-/// `get(name)` returns a header by lower-case name. `needs_body` is false for GET.
+/// The FSPIOP headers a message passed on to another DFSP keeps (lower-case names).
+pub const PASSED_HEADERS: [&str; 8] = [
+    "content-type",
+    "accept",
+    "date",
+    "fspiop-source",
+    "fspiop-destination",
+    "fspiop-signature",
+    "fspiop-encryption",
+    "x-forwarded-for",
+];
+
+/// Checks `Content-Type` (requests with a body) and `Accept` (required on GET, checked
+/// whenever present, as Mojaloop's API adapter does), `Date`, `FSPIOP-Source`,
+/// `FSPIOP-Destination`. `get(name)` returns a header by lower-case name.
 pub fn check_headers(
     get: &dyn Fn(&str) -> Option<String>,
     needs_body: bool,
@@ -117,27 +212,12 @@ pub fn check_headers(
     if needs_body {
         let content_type =
             get("content-type").ok_or_else(|| ApiError::missing("Content-Type header"))?;
-        if version_of(&content_type)?.is_none() {
-            return Err(ApiError::version(format!(
-                "unsupported Content-Type {content_type}"
-            )));
-        }
+        check_content_type(&content_type)?;
     }
-    if let Some(accept) = get("accept") {
-        // Several media types may be listed; one of ours must be acceptable.
-        let mut supported = false;
-        let mut last_error = None;
-        for item in accept.split(',') {
-            match version_of(item) {
-                Ok(Some(_)) => supported = true,
-                Ok(None) => {}
-                Err(e) => last_error = Some(e),
-            }
-        }
-        if !supported {
-            return Err(last_error
-                .unwrap_or_else(|| ApiError::version(format!("unsupported Accept {accept}"))));
-        }
+    match get("accept") {
+        Some(accept) => check_accept(&accept)?,
+        None if !needs_body => return Err(ApiError::missing("Accept header")),
+        None => {}
     }
     let date = get("date").ok_or_else(|| ApiError::missing("Date header"))?;
     if httpdate::parse_http_date(&date).is_err() {
@@ -155,21 +235,10 @@ pub fn check_headers(
                 .ok_or_else(|| ApiError::validation("FSPIOP-Destination is not a valid FSP id"))?,
         ),
     };
-    let mut forwarded = Vec::new();
-    for name in [
-        "content-type",
-        "accept",
-        "date",
-        "fspiop-source",
-        "fspiop-destination",
-        "fspiop-signature",
-        "fspiop-encryption",
-        "x-forwarded-for",
-    ] {
-        if let Some(value) = get(name) {
-            forwarded.push((name.to_string(), value));
-        }
-    }
+    let forwarded = PASSED_HEADERS
+        .iter()
+        .filter_map(|name| get(name).map(|value| (name.to_string(), value)))
+        .collect();
     Ok(Headers {
         source,
         destination,
@@ -177,12 +246,103 @@ pub fn check_headers(
     })
 }
 
-/// SHA-256 of the request body, truncated to 128 bits: the duplicate-check hash.
-pub fn body_hash(body: &[u8]) -> [u8; 16] {
-    let digest = Sha256::digest(body);
+/// The duplicate-check hash of a request body: SHA-256 of its **canonical** JSON (object
+/// keys sorted, no insignificant whitespace), truncated to 128 bits. A DFSP that resends
+/// the same message with its keys in another order or re-indented is sending the same
+/// request, not a modified one (3106), so the hash must not see those differences.
+pub fn body_hash(body: &Map<String, Value>) -> [u8; 16] {
+    let mut canonical = Vec::with_capacity(512);
+    write_canonical_object(body, &mut canonical);
+    let digest = Sha256::digest(&canonical);
     let mut out = [0u8; 16];
     out.copy_from_slice(&digest[..16]);
     out
+}
+
+fn write_canonical_object(map: &Map<String, Value>, out: &mut Vec<u8>) {
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort();
+    out.push(b'{');
+    for (i, key) in keys.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_canonical(&Value::String(key.clone()), out);
+        out.push(b':');
+        if let Some(value) = map.get(key) {
+            write_canonical(value, out);
+        }
+    }
+    out.push(b'}');
+}
+
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Object(map) => write_canonical_object(map, out),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        // Scalars: serde_json's compact form (strings escaped one fixed way). Writing
+        // into a Vec cannot fail.
+        scalar => {
+            let _ = serde_json::to_writer(&mut *out, scalar);
+        }
+    }
+}
+
+/// An FSPIOP `DateTime`, strictly as the v1.1 schema's pattern has it:
+/// `YYYY-MM-DDTHH:MM:SS.fff` with exactly three fractional digits, then `Z` or `±hh:mm`,
+/// and a real calendar date. Returns ms since the epoch.
+pub fn parse_datetime(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    let zone = match b.len() {
+        24 if b[23] == b'Z' => &b[23..],
+        29 if (b[23] == b'+' || b[23] == b'-') && b[26] == b':' => &b[23..],
+        _ => return None,
+    };
+    let digits_at = |idx: &[usize]| idx.iter().all(|i| b[*i].is_ascii_digit());
+    if b[10] != b'T'
+        || b[19] != b'.'
+        || b[0] == b'0'
+        || !digits_at(&[0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 22])
+    {
+        return None;
+    }
+    if zone.len() == 6 {
+        let offset_ok = digits_at(&[24, 25, 27, 28]) && b[24] <= b'1' && b[27] <= b'5';
+        if !offset_ok {
+            return None;
+        }
+    }
+    let num = |from: usize, to: usize| -> i64 {
+        b[from..to]
+            .iter()
+            .fold(0, |acc, d| acc * 10 + i64::from(d - b'0'))
+    };
+    let (year, month, day) = (num(0, 4), num(5, 7), num(8, 10));
+    if num(11, 13) > 23 || num(14, 16) > 59 || num(17, 19) > 59 {
+        return None;
+    }
+    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+        return None;
+    }
+    parse_timestamp(text)
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        4 | 6 | 9 | 11 => 30,
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        _ => 31,
+    }
 }
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fff]Z` or with an offset `±HH:MM` into ms since the epoch.
@@ -355,6 +515,96 @@ pub fn money_field(map: &Map<String, Value>, name: &str) -> Result<(Currency, i6
     Ok((currency, amount))
 }
 
+/// Optional `extensionList`: `{extension: [{key: 1..32 chars, value: 1..128 chars}]}` with
+/// 1 to 16 items, nothing else.
+pub fn check_extension_list(map: &Map<String, Value>) -> Result<(), ApiError> {
+    let Some(list) = map.get("extensionList") else {
+        return Ok(());
+    };
+    let Value::Object(list) = list else {
+        return Err(ApiError::validation("extensionList must be an object"));
+    };
+    only_fields(list, &["extension"])?;
+    let Some(Value::Array(items)) = list.get("extension") else {
+        return Err(ApiError::validation(
+            "extensionList.extension must be an array",
+        ));
+    };
+    if items.is_empty() || items.len() > EXTENSIONS_MAX {
+        return Err(ApiError::validation(format!(
+            "extensionList holds 1 to {EXTENSIONS_MAX} extensions"
+        )));
+    }
+    for item in items {
+        let Value::Object(item) = item else {
+            return Err(ApiError::validation("an extension must be an object"));
+        };
+        only_fields(item, &["key", "value"])?;
+        let key = string_field(item, "key")?;
+        let value = string_field(item, "value")?;
+        if !(1..=EXTENSION_KEY_CHARS_MAX).contains(&key.chars().count())
+            || !(1..=EXTENSION_VALUE_CHARS_MAX).contains(&value.chars().count())
+        {
+            return Err(ApiError::validation(
+                "extension key is 1 to 32 characters, value 1 to 128",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Schema bounds of `ExtensionList`.
+pub const EXTENSIONS_MAX: usize = 16;
+pub const EXTENSION_KEY_CHARS_MAX: usize = 32;
+pub const EXTENSION_VALUE_CHARS_MAX: usize = 128;
+
+/// `IlpPacket`: `^[A-Za-z0-9-_]+[=]{0,2}$`, 1 to `ILP_PACKET_CHARS_MAX` characters.
+pub fn check_ilp_packet(text: &str) -> Result<(), ApiError> {
+    let body = text.trim_end_matches('=');
+    let padding = text.len() - body.len();
+    let ok = !body.is_empty()
+        && padding <= 2
+        && text.len() <= crate::limits::ILP_PACKET_CHARS_MAX
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::validation(
+            "ilpPacket must be base64url, 1 to 32768 characters",
+        ))
+    }
+}
+
+/// `ErrorInformation` of a payee's `PUT /transfers/{ID}/error`: `errorCode` matches
+/// `^[1-9]\d{3}$`, `errorDescription` is 1 to 128 characters. Returns the code.
+pub fn error_information(map: &Map<String, Value>) -> Result<u16, ApiError> {
+    let info = match map.get("errorInformation") {
+        Some(Value::Object(info)) => info,
+        Some(_) => return Err(ApiError::validation("errorInformation must be an object")),
+        None => return Err(ApiError::missing("errorInformation")),
+    };
+    only_fields(info, &["errorCode", "errorDescription", "extensionList"])?;
+    let code = string_field(info, "errorCode")?;
+    let error_code = match code.parse::<u16>() {
+        Ok(n) if code.len() == 4 && code.bytes().all(|b| b.is_ascii_digit()) && n >= 1000 => n,
+        _ => {
+            return Err(ApiError::validation(
+                "errorCode must be four digits, 1000 to 9999",
+            ))
+        }
+    };
+    let description = string_field(info, "errorDescription")?;
+    if !(1..=ERROR_DESCRIPTION_CHARS_MAX).contains(&description.chars().count()) {
+        return Err(ApiError::validation(
+            "errorDescription must be 1 to 128 characters",
+        ));
+    }
+    check_extension_list(info)?;
+    Ok(error_code)
+}
+
 /// What the gateway stashes in a command's payload: the request to pass on.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct Stash {
@@ -379,6 +629,41 @@ impl Stash {
 mod tests {
     use super::*;
 
+    fn headers(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let owned: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        move |name: &str| {
+            owned
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    fn good_headers(content_type: &str, accept: Option<&str>) -> Vec<(&'static str, String)> {
+        let mut out = vec![
+            ("content-type", content_type.to_string()),
+            ("date", "Tue, 15 Nov 1994 08:12:31 GMT".to_string()),
+            ("fspiop-source", "dfsp1".to_string()),
+            ("fspiop-destination", "dfsp2".to_string()),
+        ];
+        if let Some(accept) = accept {
+            out.push(("accept", accept.to_string()));
+        }
+        out
+    }
+
+    fn check(pairs: &[(&'static str, String)], needs_body: bool) -> Result<Headers, ApiError> {
+        let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        check_headers(&headers(&borrowed), needs_body)
+    }
+
+    fn code_of(r: Result<Headers, ApiError>) -> Option<(u16, u16)> {
+        r.err().map(|e| (e.status, e.code))
+    }
+
     #[test]
     fn timestamps_round_trip() {
         let ms = parse_timestamp("2026-11-22T10:09:13.123Z").expect("parse");
@@ -394,11 +679,196 @@ mod tests {
     }
 
     #[test]
-    fn versions() {
-        assert_eq!(version_of(&media_type("1.1")), Ok(Some("1.1".into())));
-        assert_eq!(version_of(&media_type("1.0")), Ok(Some("1.0".into())));
-        assert!(version_of(&media_type("2.0")).is_err());
-        assert_eq!(version_of("application/json"), Ok(None));
+    fn fspiop_datetimes_are_strict() {
+        assert_eq!(
+            parse_datetime("2016-05-24T08:38:08.699-04:00"),
+            parse_timestamp("2016-05-24T12:38:08.699Z")
+        );
+        assert!(parse_datetime("2024-02-29T23:59:59.999Z").is_some());
+        for bad in [
+            "2016-05-24T08:38:08Z",          // no fraction
+            "2016-05-24T08:38:08.69Z",       // two digits
+            "2016-05-24T08:38:08.6990Z",     // four digits
+            "2016-05-24 08:38:08.699Z",      // no T
+            "2016-05-24t08:38:08.699Z",      // lower-case t
+            "2023-02-29T00:00:00.000Z",      // not a leap year
+            "2016-04-31T00:00:00.000Z",      // April has 30 days
+            "2016-05-24T24:00:00.000Z",      // hour 24
+            "2016-05-24T08:60:00.000Z",      // minute 60
+            "2016-05-24T08:38:08.699+25:00", // offset hour
+            "2016-05-24T08:38:08.699+01:60", // offset minute
+            "0999-05-24T08:38:08.699Z",      // year starts with 0
+            "2016-05-24T08:38:08.699",       // no zone
+            "2016-05-24T08:38:08.699Zjunk",
+            "２016-05-24T08:38:08.699Z", // multi-byte digit
+            "",
+        ] {
+            assert_eq!(parse_datetime(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn content_type_and_accept_negotiation() {
+        let v11 = media_type("1.1");
+        let v10 = media_type("1.0");
+        assert!(check(&good_headers(&v11, Some(&v11)), true).is_ok());
+        assert!(check(&good_headers(&v10, Some(&v10)), true).is_ok());
+        // Accept may name only the major version, or list several types.
+        let major_only = "application/vnd.interoperability.transfers+json;version=1";
+        assert!(check(&good_headers(&v11, Some(major_only)), true).is_ok());
+        let list = format!("application/json, {}", media_type("2.0")) + ", " + &v10;
+        assert!(check(&good_headers(&v11, Some(&list)), true).is_ok());
+        // Parameter spacing and case are tolerated.
+        let spaced = "Application/VND.interoperability.transfers+json ; Version = \"1.1\"";
+        assert!(check(&good_headers(spaced, None), true).is_ok());
+        // Unsupported version: 406 / 3001, with the supported versions listed.
+        let err = check(&good_headers(&media_type("2.0"), None), true).expect_err("2.0");
+        assert_eq!((err.status, err.code), (406, 3001));
+        let ext = &err.body()["errorInformation"]["extensionList"]["extension"];
+        assert_eq!(ext[0], json!({"key": "1", "value": "1"}));
+        assert_eq!(ext[1], json!({"key": "1", "value": "0"}));
+        assert_eq!(
+            code_of(check(&good_headers(&v11, Some(&media_type("2"))), true)),
+            Some((406, 3001))
+        );
+        assert_eq!(
+            code_of(check(&good_headers(&media_type("1.9"), None), true)),
+            Some((406, 3001))
+        );
+        // Not our media type at all: 400 / 3101.
+        assert_eq!(
+            code_of(check(&good_headers("application/json", None), true)),
+            Some((400, 3101))
+        );
+        assert_eq!(
+            code_of(check(&good_headers(&v11, Some("text/html")), true)),
+            Some((400, 3101))
+        );
+        // GET needs Accept; a body request needs Content-Type.
+        let mut get = good_headers(&v11, None);
+        get.retain(|(n, _)| *n != "content-type");
+        assert_eq!(code_of(check(&get, false)), Some((400, 3102)));
+        get.push(("accept", v11.clone()));
+        assert!(check(&get, false).is_ok());
+        let mut no_ct = good_headers(&v11, None);
+        no_ct.retain(|(n, _)| *n != "content-type");
+        assert_eq!(code_of(check(&no_ct, true)), Some((400, 3102)));
+    }
+
+    #[test]
+    fn fspiop_headers_are_checked_and_kept() {
+        let v11 = media_type("1.1");
+        let mut h = good_headers(&v11, Some(&v11));
+        h.push(("fspiop-signature", "sig".into()));
+        h.push(("x-unrelated", "dropped".into()));
+        let parsed = check(&h, true).expect("valid");
+        assert_eq!(parsed.source.as_str(), "dfsp1");
+        assert_eq!(
+            parsed.destination.map(|d| d.to_string()),
+            Some("dfsp2".into())
+        );
+        let names: Vec<&str> = parsed.forwarded.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(names.contains(&"fspiop-signature") && names.contains(&"accept"));
+        assert!(!names.contains(&"x-unrelated"));
+
+        for (name, value, code) in [
+            ("date", "yesterday", 3100),
+            ("fspiop-source", "has space", 3100),
+            ("fspiop-destination", "", 3100),
+        ] {
+            let mut h = good_headers(&v11, None);
+            h.retain(|(n, _)| *n != name);
+            h.push((name, value.to_string()));
+            assert_eq!(code_of(check(&h, true)), Some((400, code)), "{name}");
+        }
+        for name in ["date", "fspiop-source"] {
+            let mut h = good_headers(&v11, None);
+            h.retain(|(n, _)| *n != name);
+            assert_eq!(code_of(check(&h, true)), Some((400, 3102)), "{name}");
+        }
+    }
+
+    #[test]
+    fn body_hash_is_canonical() {
+        let a = parse_object(br#"{"b": 1, "a": {"y": [1, {"q": "x", "p": null}], "x": "s"}}"#)
+            .expect("a");
+        let b = parse_object(br#"{"a":{"x":"s","y":[1,{"p":null,"q":"x"}]},"b":1}"#).expect("b");
+        assert_eq!(
+            body_hash(&a),
+            body_hash(&b),
+            "key order and spacing do not count"
+        );
+        let c = parse_object(br#"{"a":{"x":"s","y":[{"p":null,"q":"x"},1]},"b":1}"#).expect("c");
+        assert_ne!(body_hash(&a), body_hash(&c), "array order does");
+        let d = parse_object(br#"{"a":{"x":"t","y":[1,{"p":null,"q":"x"}]},"b":1}"#).expect("d");
+        assert_ne!(body_hash(&a), body_hash(&d), "values do");
+    }
+
+    #[test]
+    fn schema_helpers() {
+        let ext = |v: Value| {
+            let mut map = Map::new();
+            map.insert("extensionList".into(), v);
+            check_extension_list(&map).map_err(|e| e.code)
+        };
+        assert_eq!(
+            ext(json!({"extension": [{"key": "k", "value": "v"}]})),
+            Ok(())
+        );
+        assert_eq!(ext(json!({"extension": []})), Err(3100));
+        assert_eq!(
+            ext(json!({"extension": [{"key": "", "value": "v"}]})),
+            Err(3100)
+        );
+        assert_eq!(ext(json!({"extension": [{"key": "k"}]})), Err(3102));
+        assert_eq!(
+            ext(json!({"extension": [{"key": "k", "value": "v", "x": 1}]})),
+            Err(3100)
+        );
+        let many: Vec<Value> = (0..17)
+            .map(|i| json!({"key": i.to_string(), "value": "v"}))
+            .collect();
+        assert_eq!(ext(json!({ "extension": many })), Err(3100));
+        assert_eq!(ext(json!("text")), Err(3100));
+
+        assert!(check_ilp_packet("AYIBgQAAAAAAAASw-_").is_ok());
+        assert!(check_ilp_packet("AYIBgQ==").is_ok());
+        for bad in ["", "==", "AY=IB", "AYIB===", "AY IB", "AY+B/"] {
+            assert!(check_ilp_packet(bad).is_err(), "{bad}");
+        }
+        assert!(check_ilp_packet(&"A".repeat(crate::limits::ILP_PACKET_CHARS_MAX + 1)).is_err());
+
+        let info = |v: Value| {
+            let mut map = Map::new();
+            map.insert("errorInformation".into(), v);
+            error_information(&map).map_err(|e| e.code)
+        };
+        assert_eq!(
+            info(json!({"errorCode": "5101", "errorDescription": "no"})),
+            Ok(5101)
+        );
+        for bad in ["0101", "510", "51011", "+101", "5a01"] {
+            assert_eq!(
+                info(json!({"errorCode": bad, "errorDescription": "no"})),
+                Err(3100),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            info(json!({"errorCode": "5101", "errorDescription": ""})),
+            Err(3100)
+        );
+        assert_eq!(info(json!({"errorCode": "5101"})), Err(3102));
+        assert_eq!(
+            error_information(&Map::new()).map_err(|e| e.code),
+            Err(3102)
+        );
+
+        let long = error_body(3100, &"é".repeat(300));
+        let text = long["errorInformation"]["errorDescription"]
+            .as_str()
+            .expect("text");
+        assert_eq!(text.chars().count(), ERROR_DESCRIPTION_CHARS_MAX);
     }
 
     #[test]
@@ -410,6 +880,41 @@ mod tests {
         assert_eq!(
             digest_field(&map, "condition").map_err(|e| e.code),
             Err(3100)
+        );
+        // The published Mojaloop test pair: condition = base64url(SHA-256(fulfilment)).
+        map.insert(
+            "fulfilment".into(),
+            Value::String("UNlJ98hZTY_dsw0cAqw4i_UN3v4utt7CZFB4yfLbVFA".into()),
+        );
+        let fulfilment = digest_field(&map, "fulfilment").expect("fulfilment");
+        let condition: [u8; 32] = Sha256::digest(fulfilment).into();
+        assert_eq!(
+            encode_digest(&condition),
+            "GRzLaTP7DJ9t4P-a_BA0WA9wzzlsugf00-Tn6kESAfM"
+        );
+    }
+
+    #[test]
+    fn amounts_at_the_edge() {
+        let money = |amount: &str, currency: &str| {
+            let mut map = Map::new();
+            map.insert(
+                "amount".into(),
+                json!({"amount": amount, "currency": currency}),
+            );
+            money_field(&map, "amount").map_err(|e| e.code)
+        };
+        assert_eq!(money("100.5", "USD").map(|(_, m)| m), Ok(10_050));
+        for bad in ["5.0", "-1", "1.12345", "1.123", "0", "01", "1e3", " 1", ""] {
+            assert_eq!(money(bad, "USD"), Err(3100), "{bad}");
+        }
+        assert_eq!(money("1", "usd"), Err(3100));
+        let mut map = Map::new();
+        map.insert("amount".into(), json!({"amount": "1"}));
+        assert_eq!(money_field(&map, "amount").map_err(|e| e.code), Err(3102));
+        assert_eq!(
+            money_field(&Map::new(), "amount").map_err(|e| e.code),
+            Err(3102)
         );
     }
 }

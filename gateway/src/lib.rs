@@ -14,10 +14,14 @@ pub mod registry;
 pub mod transfers;
 
 use engine::runtime::{Hub, HubConfig};
-use limits::{HTTP_CONNECTIONS_PER_WORKER_MAX, HTTP_WORKERS, REQUEST_BODY_BYTES_MAX};
+use limits::{
+    HTTP_CONNECTIONS_PER_WORKER_MAX, HTTP_WORKERS, RATE_SAMPLE_INTERVAL_MS, REQUEST_BODY_BYTES_MAX,
+    SHUTDOWN_CALLBACK_GRACE_MS,
+};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Errors starting or running the hub.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +43,14 @@ pub struct AppState {
     pub registry: Arc<registry::Registry>,
     pub metrics: Arc<metrics::Metrics>,
     pub notifier: Arc<notifier::Notifier>,
+    /// The hub's own participant name (`FSPIOP-Source` of the messages it makes).
+    pub hub_name: String,
+    /// Admin changes to the registry are read-modify-write of one participant record;
+    /// this lock makes them one at a time (two concurrent `POST /participants` would
+    /// otherwise both take the same sequence number, or lose one of two currencies).
+    pub admin_lock: tokio::sync::Mutex<()>,
+    /// Commands applied per second, per partition, refreshed by a sampler.
+    pub rates: Mutex<Vec<f64>>,
 }
 
 /// Configuration of the embedded hub.
@@ -70,6 +82,9 @@ pub struct EmbeddedHub {
     pub fspiop_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     hub: Hub,
+    notifier: Arc<notifier::Notifier>,
+    notifier_task: tokio::task::JoinHandle<()>,
+    sampler: tokio::task::JoinHandle<()>,
     fspiop: actix_web::dev::ServerHandle,
     admin: actix_web::dev::ServerHandle,
     servers: tokio::task::JoinHandle<()>,
@@ -88,13 +103,17 @@ impl EmbeddedHub {
         let metrics = Arc::new(metrics::Metrics::default());
         let notifier =
             notifier::Notifier::new(registry.clone(), metrics.clone(), config.hub_name.clone());
-        tokio::spawn(notifier.clone().run(events));
+        let notifier_task = tokio::spawn(notifier.clone().run(events));
         let state = actix_web::web::Data::new(AppState {
             hub: hub.clone(),
             registry,
             metrics,
-            notifier,
+            notifier: notifier.clone(),
+            hub_name: config.hub_name.clone(),
+            admin_lock: tokio::sync::Mutex::new(()),
+            rates: Mutex::new(Vec::new()),
         });
+        let sampler = tokio::spawn(sample_rates(state.clone()));
 
         let fspiop_state = state.clone();
         let fspiop = actix_web::HttpServer::new(move || {
@@ -141,18 +160,73 @@ impl EmbeddedHub {
             fspiop_addr,
             admin_addr,
             hub,
+            notifier,
+            notifier_task,
+            sampler,
             fspiop: handles.0,
             admin: handles.1,
             servers,
         })
     }
 
-    /// Stops taking requests (in-flight ones finish), then drains and closes the engine.
+    /// Stops taking requests (in-flight ones finish), drains and closes the engine, then
+    /// gives the notifier up to `SHUTDOWN_CALLBACK_GRACE_MS` to send the callbacks of the
+    /// last events and finish those in flight.
     pub async fn stop(self) {
         self.fspiop.stop(true).await;
         self.admin.stop(true).await;
         let _ = self.servers.await;
+        self.sampler.abort();
         self.hub.shutdown().await;
+        // The engine's actors have ended, so the event stream ends once the notifier has
+        // read it to the last event.
+        let grace = Duration::from_millis(SHUTDOWN_CALLBACK_GRACE_MS);
+        let started = std::time::Instant::now();
+        if tokio::time::timeout(grace, self.notifier_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("notifier did not finish the event stream in time");
+        }
+        if !self
+            .notifier
+            .drain(grace.saturating_sub(started.elapsed()))
+            .await
+        {
+            tracing::warn!(
+                in_flight = self.notifier.in_flight(),
+                "callbacks still in flight at exit"
+            );
+        }
+    }
+}
+
+/// Refreshes `AppState::rates` (commands applied per second, per partition) every
+/// `RATE_SAMPLE_INTERVAL_MS`, from the partitions' applied-command counters.
+async fn sample_rates(state: actix_web::web::Data<AppState>) {
+    let interval = Duration::from_millis(RATE_SAMPLE_INTERVAL_MS);
+    let mut last: Vec<u64> = Vec::new();
+    let mut last_at = std::time::Instant::now();
+    loop {
+        let applied: Vec<u64> = state
+            .hub
+            .partitions()
+            .iter()
+            .map(|p| p.applied_commands)
+            .collect();
+        let now = std::time::Instant::now();
+        let seconds = now.duration_since(last_at).as_secs_f64();
+        if last.len() == applied.len() && seconds > 0.0 {
+            let rates = applied
+                .iter()
+                .zip(&last)
+                .map(|(now, before)| now.saturating_sub(*before) as f64 / seconds)
+                .collect();
+            *state.rates.lock().unwrap_or_else(|p| p.into_inner()) = rates;
+        }
+        last = applied;
+        last_at = now;
+        tokio::time::sleep(interval).await;
     }
 }
 

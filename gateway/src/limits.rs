@@ -25,3 +25,15 @@ pub const HTTP_CONNECTIONS_PER_WORKER_MAX: usize = 10_000;
 pub const PARTICIPANTS_MAX: usize = 10_000;
 /// Endpoints per participant.
 pub const ENDPOINTS_PER_PARTICIPANT_MAX: usize = 64;
+/// Hub accounts recorded (central-ledger's `HUB_MULTILATERAL_SETTLEMENT` and
+/// `HUB_RECONCILIATION`, per currency).
+pub const HUB_ACCOUNTS_MAX: usize = 1_024;
+/// Settlement models recorded.
+pub const SETTLEMENT_MODELS_MAX: usize = 64;
+/// At shutdown, how long the notifier may take to send what the engine released last
+/// and to finish callbacks in flight (retries included) before the process exits.
+pub const SHUTDOWN_CALLBACK_GRACE_MS: u64 = 5_000;
+/// How often `/partitions` refreshes each partition's commands-per-second figure.
+pub const RATE_SAMPLE_INTERVAL_MS: u64 = 1_000;
+/// Settlement model names are at most this long.
+pub const SETTLEMENT_MODEL_NAME_CHARS_MAX: usize = 64;

@@ -78,7 +78,7 @@ impl Notifier {
     /// Sends a callback in the background (waits only for a slot: back-pressure).
     pub async fn dispatch(self: &Arc<Self>, callback: Option<Callback>) {
         let Some(callback) = callback else {
-            self.metrics.callback(CallbackOutcome::NoEndpoint, 0);
+            self.metrics.callback(CallbackOutcome::NoEndpoint, None);
             return;
         };
         let dfsp = {
@@ -91,7 +91,7 @@ impl Notifier {
         // behind: this callback is given up at once (counted; the DFSP can still GET the
         // transfer) rather than tie up slots that the other DFSPs need.
         let Ok(dfsp_permit) = dfsp.try_acquire_owned() else {
-            self.metrics.callback(CallbackOutcome::GaveUp, 0);
+            self.metrics.callback(CallbackOutcome::GaveUp, None);
             return;
         };
         let Ok(permit) = self.overall.clone().acquire_owned().await else {
@@ -104,6 +104,22 @@ impl Notifier {
         });
     }
 
+    /// Callbacks being delivered or waiting between retries.
+    pub fn in_flight(&self) -> usize {
+        CALLBACKS_IN_FLIGHT_MAX.saturating_sub(self.overall.available_permits())
+    }
+
+    /// Waits until every callback in flight has finished (delivered or given up), at most
+    /// `grace`. Returns whether all finished. Used at shutdown, after the event stream
+    /// has ended, so that a clean stop does not cut off callbacks mid-retry.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        let all = u32::try_from(CALLBACKS_IN_FLIGHT_MAX).unwrap_or(u32::MAX);
+        matches!(
+            tokio::time::timeout(grace, self.overall.acquire_many(all)).await,
+            Ok(Ok(_))
+        )
+    }
+
     async fn deliver(&self, callback: Callback) {
         let started = Instant::now();
         let mut backoff_ms = CALLBACK_BACKOFF_START_MS;
@@ -112,12 +128,12 @@ impl Notifier {
             match outcome {
                 CallbackOutcome::Delivered => {
                     self.metrics
-                        .callback(outcome, started.elapsed().as_micros() as u64);
+                        .callback(outcome, Some(started.elapsed().as_micros() as u64));
                     return;
                 }
                 other => {
                     debug!(to = %callback.to, attempt, outcome = ?other, "callback failed");
-                    self.metrics.callback(other, 0);
+                    self.metrics.callback(other, None);
                 }
             }
             if attempt < CALLBACK_ATTEMPTS_MAX {
@@ -125,10 +141,7 @@ impl Notifier {
                 backoff_ms = (backoff_ms * 2).min(CALLBACK_BACKOFF_MAX_MS);
             }
         }
-        self.metrics.callback(
-            CallbackOutcome::GaveUp,
-            started.elapsed().as_micros() as u64,
-        );
+        self.metrics.callback(CallbackOutcome::GaveUp, None);
     }
 
     async fn attempt(&self, callback: &Callback) -> CallbackOutcome {
@@ -173,10 +186,13 @@ impl Notifier {
         ]
     }
 
-    /// Headers of a message passed on from a DFSP: its own FSPIOP headers, `Accept` only
-    /// where `keep_accept` (the forwarded prepare), plus URI and method.
+    /// Headers of a message passed on from a DFSP: its own FSPIOP headers (so the
+    /// receiver sees who wrote it and can check a signature), `Accept` only where
+    /// `keep_accept` (the forwarded prepare), plus URI and method. A sender that left out
+    /// `FSPIOP-Destination` gets it filled in: the hub knows where the message goes.
     fn passed_headers(
         stash: &Stash,
+        to: FspId,
         keep_accept: bool,
         method: &str,
         path: &str,
@@ -187,6 +203,9 @@ impl Notifier {
             .filter(|(name, _)| keep_accept || name != "accept")
             .cloned()
             .collect();
+        if !headers.iter().any(|(name, _)| name == "fspiop-destination") {
+            headers.push(("fspiop-destination".into(), to.as_str().to_string()));
+        }
         headers.push(("fspiop-uri".into(), path.to_string()));
         headers.push(("fspiop-http-method".into(), method.to_string()));
         headers
@@ -245,7 +264,13 @@ impl Notifier {
                         to: parties.payee,
                         method: "POST",
                         url,
-                        headers: Self::passed_headers(&stash, true, "POST", "/transfers"),
+                        headers: Self::passed_headers(
+                            &stash,
+                            parties.payee,
+                            true,
+                            "POST",
+                            "/transfers",
+                        ),
                         body: stash.body,
                     })]
             }
@@ -268,7 +293,13 @@ impl Notifier {
                             to: parties.payer,
                             method: "PUT",
                             url,
-                            headers: Self::passed_headers(&stash, false, "PUT", &path),
+                            headers: Self::passed_headers(
+                                &stash,
+                                parties.payer,
+                                false,
+                                "PUT",
+                                &path,
+                            ),
                             body: stash.body,
                         }),
                     None => self.state_to(
@@ -309,7 +340,13 @@ impl Notifier {
                                 to: parties.payer,
                                 method: "PUT",
                                 url,
-                                headers: Self::passed_headers(&stash, false, "PUT", &path),
+                                headers: Self::passed_headers(
+                                    &stash,
+                                    parties.payer,
+                                    false,
+                                    "PUT",
+                                    &path,
+                                ),
                                 body: stash.body,
                             })
                     }
@@ -346,5 +383,344 @@ impl Notifier {
             }
             Event::AdminDone { .. } => Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Participant;
+    use engine::command::Parties;
+    use engine::ids::{Currency, TransferId};
+    use std::collections::BTreeMap;
+
+    const ID: &str = "3c9b2a10-0000-4000-8000-000000000001";
+
+    fn fsp(name: &str) -> FspId {
+        FspId::new(name).expect("fsp")
+    }
+
+    fn participant(name: &str, seq: u64, base: &str) -> Participant {
+        let mut endpoints = BTreeMap::new();
+        endpoints.insert(TRANSFER_POST.to_string(), format!("{base}/transfers"));
+        endpoints.insert(
+            TRANSFER_PUT.to_string(),
+            format!("{base}/transfers/{{{{transferId}}}}"),
+        );
+        endpoints.insert(
+            TRANSFER_ERROR.to_string(),
+            format!("{base}/transfers/{{{{transferId}}}}/error"),
+        );
+        Participant {
+            name: name.into(),
+            seq,
+            created_ms: 0,
+            is_active: true,
+            currencies: vec!["USD".into()],
+            endpoints,
+            alarm_pct: BTreeMap::new(),
+        }
+    }
+
+    fn notifier_for(payee_base: &str) -> Arc<Notifier> {
+        let registry = Registry::with_participants(vec![
+            participant("payer", 1, "http://127.0.0.1:9/payer"),
+            participant("payee", 2, payee_base),
+        ]);
+        Notifier::new(Arc::new(registry), Arc::default(), "Hub".into())
+    }
+
+    fn parties() -> Parties {
+        Parties {
+            transfer_id: TransferId::parse(ID).expect("id"),
+            payer: fsp("payer"),
+            payee: fsp("payee"),
+            currency: Currency::new("USD").expect("USD"),
+            amount: 100,
+        }
+    }
+
+    fn header<'a>(c: &'a Callback, name: &str) -> Option<&'a str> {
+        c.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn stash(source: &str, destination: Option<&str>, body: &str) -> Vec<u8> {
+        let mut headers = vec![
+            ("content-type".to_string(), crate::fspiop::media_type("1.0")),
+            ("accept".to_string(), crate::fspiop::media_type("1.0")),
+            (
+                "date".to_string(),
+                "Tue, 15 Nov 1994 08:12:31 GMT".to_string(),
+            ),
+            ("fspiop-source".to_string(), source.to_string()),
+        ];
+        if let Some(d) = destination {
+            headers.push(("fspiop-destination".to_string(), d.to_string()));
+        }
+        Stash {
+            headers,
+            body: body.to_string(),
+        }
+        .encode()
+    }
+
+    fn only(mut callbacks: Vec<Option<Callback>>) -> Callback {
+        assert_eq!(callbacks.len(), 1);
+        callbacks.pop().flatten().expect("a callback")
+    }
+
+    #[test]
+    fn forwarded_prepare_keeps_the_payers_headers_and_accept() {
+        let n = notifier_for("http://127.0.0.1:9/payee");
+        let event = Event::Reserved {
+            parties: parties(),
+            expiration_ms: 0,
+            payload: stash("payer", None, r#"{"transferId":"x"}"#),
+        };
+        let c = only(n.callbacks_for(&event));
+        assert_eq!((c.method, c.to), ("POST", fsp("payee")));
+        assert_eq!(c.url, "http://127.0.0.1:9/payee/transfers");
+        assert_eq!(
+            c.body, r#"{"transferId":"x"}"#,
+            "the original body, byte for byte"
+        );
+        assert_eq!(header(&c, "fspiop-source"), Some("payer"));
+        assert_eq!(header(&c, "fspiop-destination"), Some("payee"), "filled in");
+        assert_eq!(
+            header(&c, "content-type"),
+            Some(crate::fspiop::media_type("1.0").as_str()),
+            "the sender's version"
+        );
+        assert!(header(&c, "accept").is_some());
+        assert_eq!(header(&c, "fspiop-uri"), Some("/transfers"));
+        assert_eq!(header(&c, "fspiop-http-method"), Some("POST"));
+    }
+
+    #[test]
+    fn hub_made_messages_carry_the_hub_name_and_no_accept() {
+        let n = notifier_for("http://127.0.0.1:9/payee");
+        let refused = Event::PrepareRefused {
+            parties: parties(),
+            code: ErrorCode::PayerLimit,
+            payload: Vec::new(),
+        };
+        let c = only(n.callbacks_for(&refused));
+        assert_eq!(
+            c.url,
+            format!("http://127.0.0.1:9/payer/transfers/{ID}/error")
+        );
+        assert_eq!(c.method, "PUT");
+        assert_eq!(header(&c, "fspiop-source"), Some("Hub"));
+        assert_eq!(header(&c, "fspiop-destination"), Some("payer"));
+        assert_eq!(
+            header(&c, "fspiop-uri"),
+            Some(format!("/transfers/{ID}/error").as_str())
+        );
+        assert_eq!(header(&c, "fspiop-http-method"), Some("PUT"));
+        assert_eq!(
+            header(&c, "content-type"),
+            Some(crate::fspiop::media_type("1.1").as_str())
+        );
+        assert!(header(&c, "accept").is_none());
+        assert!(header(&c, "date").is_some_and(|d| httpdate::parse_http_date(d).is_ok()));
+        let body: serde_json::Value = serde_json::from_str(&c.body).expect("json");
+        assert_eq!(body["errorInformation"]["errorCode"], "4200");
+        assert_eq!(
+            body["errorInformation"]["errorDescription"],
+            "Payer limit error"
+        );
+    }
+
+    #[test]
+    fn commit_goes_to_the_payer_and_a_patch_to_a_payee_that_asked() {
+        let n = notifier_for("http://127.0.0.1:9/payee");
+        let fulfil = r#"{"fulfilment":"f","transferState":"RESERVED"}"#;
+        let event = Event::Committed {
+            parties: parties(),
+            fulfilment: [1; 32],
+            completed_ms: 1_000,
+            notify_payee: true,
+            payload: stash("payee", Some("payer"), fulfil),
+        };
+        let out: Vec<Callback> = n.callbacks_for(&event).into_iter().flatten().collect();
+        assert_eq!(out.len(), 2);
+        let (payer, payee) = (&out[0], &out[1]);
+        assert_eq!(
+            payer.url,
+            format!("http://127.0.0.1:9/payer/transfers/{ID}")
+        );
+        assert_eq!(payer.body, fulfil, "the payee's own fulfil is passed on");
+        assert_eq!(header(payer, "fspiop-source"), Some("payee"));
+        assert!(header(payer, "accept").is_none(), "no Accept on a callback");
+        assert_eq!(payee.method, "PATCH");
+        assert_eq!(
+            payee.url,
+            format!("http://127.0.0.1:9/payee/transfers/{ID}")
+        );
+        assert_eq!(header(payee, "fspiop-source"), Some("Hub"));
+        let body: serde_json::Value = serde_json::from_str(&payee.body).expect("json");
+        assert_eq!(body["transferState"], "COMMITTED");
+        assert_eq!(body["completedTimestamp"], "1970-01-01T00:00:01.000Z");
+        assert!(body.get("fulfilment").is_none());
+
+        let no_patch = Event::Committed {
+            parties: parties(),
+            fulfilment: [1; 32],
+            completed_ms: 1_000,
+            notify_payee: false,
+            payload: Vec::new(),
+        };
+        let c = only(n.callbacks_for(&no_patch));
+        let body: serde_json::Value = serde_json::from_str(&c.body).expect("json");
+        assert_eq!(
+            body["transferState"], "COMMITTED",
+            "hub-made when nothing was stashed"
+        );
+        assert_eq!(body["fulfilment"], crate::fspiop::encode_digest(&[1; 32]));
+    }
+
+    #[test]
+    fn aborts_pass_the_payees_error_and_tell_both_on_timeout() {
+        let n = notifier_for("http://127.0.0.1:9/payee");
+        let reject = r#"{"errorInformation":{"errorCode":"5101","errorDescription":"no"}}"#;
+        let rejected = Event::Aborted {
+            parties: parties(),
+            code: ErrorCode::Payee(5101),
+            notify_payee: false,
+            payload: stash("payee", Some("payer"), reject),
+        };
+        let c = only(n.callbacks_for(&rejected));
+        assert_eq!(c.body, reject);
+        assert_eq!(header(&c, "fspiop-source"), Some("payee"));
+
+        let expired = Event::Aborted {
+            parties: parties(),
+            code: ErrorCode::TransferExpired,
+            notify_payee: true,
+            payload: Vec::new(),
+        };
+        let out: Vec<Callback> = n.callbacks_for(&expired).into_iter().flatten().collect();
+        let targets: Vec<(FspId, &str)> = out.iter().map(|c| (c.to, c.method)).collect();
+        assert_eq!(targets, vec![(fsp("payer"), "PUT"), (fsp("payee"), "PUT")]);
+        for c in &out {
+            assert!(c.url.ends_with(&format!("/transfers/{ID}/error")));
+            assert!(c.body.contains("\"3303\""));
+            assert_eq!(header(c, "fspiop-source"), Some("Hub"));
+        }
+    }
+
+    #[test]
+    fn resent_state_and_refusals_go_to_the_requester() {
+        let n = notifier_for("http://127.0.0.1:9/payee");
+        let resent = Event::StateResent {
+            parties: parties(),
+            to: fsp("payee"),
+            state: TransferState::Aborted,
+            fulfilment: None,
+            completed_ms: None,
+        };
+        let c = only(n.callbacks_for(&resent));
+        assert_eq!(c.url, format!("http://127.0.0.1:9/payee/transfers/{ID}"));
+        assert_eq!(c.body, r#"{"transferState":"ABORTED"}"#);
+        let refused = Event::RequestRefused {
+            transfer_id: parties().transfer_id,
+            to: fsp("payee"),
+            code: ErrorCode::ModifiedRequest,
+        };
+        let c = only(n.callbacks_for(&refused));
+        assert!(c.body.contains("\"3106\""));
+        // A DFSP without endpoints gets nothing (counted as no_endpoint when dispatched).
+        let unknown = Event::RequestRefused {
+            transfer_id: parties().transfer_id,
+            to: fsp("stranger"),
+            code: ErrorCode::TransferNotFound,
+        };
+        assert!(n.callbacks_for(&unknown)[0].is_none());
+        let admin = Event::AdminDone {
+            request_id: 1,
+            code: None,
+            message: String::new(),
+        };
+        assert!(n.callbacks_for(&admin).is_empty());
+    }
+
+    /// A DFSP that answers 500 `failures` times, then 200; returns its base URL and a
+    /// counter of requests it saw.
+    async fn flaky_dfsp(failures: usize) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use hyper::server::conn::http1;
+        use hyper::service::service_fn;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req| {
+                        let n = counter.fetch_add(1, Ordering::SeqCst);
+                        let status = if n < failures { 500 } else { 200 };
+                        async move {
+                            hyper::Response::builder()
+                                .status(status)
+                                .body(Full::new(Bytes::new()))
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        (format!("http://{addr}/payee"), seen)
+    }
+
+    fn refused_to_payee() -> Event {
+        Event::RequestRefused {
+            transfer_id: parties().transfer_id,
+            to: fsp("payee"),
+            code: ErrorCode::TransferNotFound,
+        }
+    }
+
+    #[tokio::test]
+    async fn failed_callbacks_are_retried_with_backoff_then_counted() {
+        let (base, seen) = flaky_dfsp(2).await;
+        let n = notifier_for(&base);
+        let started = Instant::now();
+        for c in n.callbacks_for(&refused_to_payee()) {
+            n.dispatch(c).await;
+        }
+        assert!(n.drain(Duration::from_secs(10)).await);
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(n.metrics.callbacks(CallbackOutcome::HttpError), 2);
+        assert_eq!(n.metrics.callbacks(CallbackOutcome::Delivered), 1);
+        // Two backoffs: CALLBACK_BACKOFF_START_MS, then twice that.
+        assert!(started.elapsed() >= Duration::from_millis(3 * CALLBACK_BACKOFF_START_MS));
+        assert_eq!(n.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_callback_that_never_succeeds_is_given_up_after_the_attempt_limit() {
+        let (base, seen) = flaky_dfsp(usize::MAX).await;
+        let n = notifier_for(&base);
+        for c in n.callbacks_for(&refused_to_payee()) {
+            n.dispatch(c).await;
+        }
+        assert!(n.drain(Duration::from_secs(20)).await);
+        let attempts = CALLBACK_ATTEMPTS_MAX as usize;
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), attempts);
+        assert_eq!(
+            n.metrics.callbacks(CallbackOutcome::HttpError),
+            attempts as u64
+        );
+        assert_eq!(n.metrics.callbacks(CallbackOutcome::GaveUp), 1);
+        assert_eq!(n.metrics.callbacks(CallbackOutcome::Delivered), 0);
     }
 }

@@ -4,20 +4,32 @@
 //! cached in memory, where the notifier reads endpoints without touching disk. Balances
 //! and limits are not here: they live in the engine.
 
-use crate::limits::{ENDPOINTS_PER_PARTICIPANT_MAX, PARTICIPANTS_MAX};
+use crate::limits::{
+    ENDPOINTS_PER_PARTICIPANT_MAX, HUB_ACCOUNTS_MAX, PARTICIPANTS_MAX, SETTLEMENT_MODELS_MAX,
+};
 use engine::runtime::Hub;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::RwLock;
 
 const KEY_PREFIX: &str = "participant/";
+/// Hub accounts (`HUB_MULTILATERAL_SETTLEMENT`, `HUB_RECONCILIATION`) per currency:
+/// `hub-account/{currency}/{type}`. Recorded so that central-ledger provisioning scripts
+/// run unchanged; this hub needs no hub accounts to move money.
+const HUB_ACCOUNT_PREFIX: &str = "hub-account/";
+/// Settlement models, by name, as given (`settlement-model/{name}`); recorded for the
+/// same reason.
+const SETTLEMENT_MODEL_PREFIX: &str = "settlement-model/";
+
+/// Hub account types central-ledger's provisioning creates.
+pub const HUB_ACCOUNT_TYPES: [&str; 2] = ["HUB_MULTILATERAL_SETTLEMENT", "HUB_RECONCILIATION"];
 
 /// Endpoint types a participant may register for transfers (others are stored as given).
 pub const TRANSFER_POST: &str = "FSPIOP_CALLBACK_URL_TRANSFER_POST";
 pub const TRANSFER_PUT: &str = "FSPIOP_CALLBACK_URL_TRANSFER_PUT";
 pub const TRANSFER_ERROR: &str = "FSPIOP_CALLBACK_URL_TRANSFER_ERROR";
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Participant {
     pub name: String,
     /// Creation order, from 1; account ids derive from it.
@@ -26,6 +38,10 @@ pub struct Participant {
     pub is_active: bool,
     pub currencies: Vec<String>,
     pub endpoints: BTreeMap<String, String>,
+    /// `alarmPercentage` of the NET_DEBIT_CAP per currency, as the operator set it
+    /// (the engine does not use it; it is reported back).
+    #[serde(default)]
+    pub alarm_pct: BTreeMap<String, f64>,
 }
 
 impl Participant {
@@ -55,20 +71,137 @@ pub enum RegistryError {
 
 pub struct Registry {
     cache: RwLock<BTreeMap<String, Participant>>,
+    /// (currency, type) of each hub account.
+    hub_accounts: RwLock<BTreeSet<(String, String)>>,
+    settlement_models: RwLock<BTreeMap<String, serde_json::Value>>,
 }
 
 impl Registry {
-    /// Loads every participant from the store.
+    /// Loads every participant, hub account and settlement model from the store.
     pub fn load(hub: &Hub) -> Result<Registry, RegistryError> {
-        let mut cache = BTreeMap::new();
+        let mut participants = Vec::new();
         for (_, value) in hub.registry_scan(KEY_PREFIX)? {
             if let Ok(p) = serde_json::from_slice::<Participant>(&value) {
-                cache.insert(p.name.clone(), p);
+                participants.push(p);
             }
         }
-        Ok(Registry {
-            cache: RwLock::new(cache),
-        })
+        let registry = Registry::with_participants(participants);
+        {
+            let mut accounts = registry
+                .hub_accounts
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            for (key, _) in hub.registry_scan(HUB_ACCOUNT_PREFIX)? {
+                let rest = &key[HUB_ACCOUNT_PREFIX.len().min(key.len())..];
+                if let Some((currency, kind)) = rest.split_once('/') {
+                    accounts.insert((currency.to_string(), kind.to_string()));
+                }
+            }
+        }
+        {
+            let mut models = registry
+                .settlement_models
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            for (key, value) in hub.registry_scan(SETTLEMENT_MODEL_PREFIX)? {
+                if let Ok(model) = serde_json::from_slice(&value) {
+                    let name = &key[SETTLEMENT_MODEL_PREFIX.len().min(key.len())..];
+                    models.insert(name.to_string(), model);
+                }
+            }
+        }
+        Ok(registry)
+    }
+
+    /// A registry held in memory only (the notifier's unit tests).
+    pub fn with_participants(participants: Vec<Participant>) -> Registry {
+        Registry {
+            cache: RwLock::new(
+                participants
+                    .into_iter()
+                    .map(|p| (p.name.clone(), p))
+                    .collect(),
+            ),
+            hub_accounts: RwLock::new(BTreeSet::new()),
+            settlement_models: RwLock::new(BTreeMap::new()),
+        }
+    }
+
+    /// Hub accounts as (currency, type).
+    pub fn hub_accounts(&self) -> Vec<(String, String)> {
+        self.hub_accounts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Records a hub account durably; `false` if it already existed.
+    pub async fn put_hub_account(
+        &self,
+        hub: &Hub,
+        currency: &str,
+        kind: &str,
+    ) -> Result<bool, RegistryError> {
+        let entry = (currency.to_string(), kind.to_string());
+        {
+            let accounts = self.hub_accounts.read().unwrap_or_else(|p| p.into_inner());
+            if accounts.contains(&entry) {
+                return Ok(false);
+            }
+            if accounts.len() >= HUB_ACCOUNTS_MAX {
+                return Err(RegistryError::Full("hub account limit reached"));
+            }
+        }
+        hub.registry_put(
+            &format!("{HUB_ACCOUNT_PREFIX}{currency}/{kind}"),
+            Vec::new(),
+        )
+        .await?;
+        self.hub_accounts
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(entry);
+        Ok(true)
+    }
+
+    pub fn settlement_models(&self) -> Vec<serde_json::Value> {
+        self.settlement_models
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Records a settlement model durably; `false` if one of that name exists.
+    pub async fn put_settlement_model(
+        &self,
+        hub: &Hub,
+        name: &str,
+        model: serde_json::Value,
+    ) -> Result<bool, RegistryError> {
+        {
+            let models = self
+                .settlement_models
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            if models.contains_key(name) {
+                return Ok(false);
+            }
+            if models.len() >= SETTLEMENT_MODELS_MAX {
+                return Err(RegistryError::Full("settlement model limit reached"));
+            }
+        }
+        let bytes = serde_json::to_vec(&model).unwrap_or_default();
+        hub.registry_put(&format!("{SETTLEMENT_MODEL_PREFIX}{name}"), bytes)
+            .await?;
+        self.settlement_models
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), model);
+        Ok(true)
     }
 
     pub fn get(&self, name: &str) -> Option<Participant> {
@@ -122,5 +255,43 @@ impl Registry {
             .unwrap_or_else(|p| p.into_inner())
             .insert(participant.name.clone(), participant);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn participant(seq: u64, currencies: &[&str]) -> Participant {
+        Participant {
+            name: format!("dfsp{seq}"),
+            seq,
+            created_ms: 0,
+            is_active: true,
+            currencies: currencies.iter().map(|c| c.to_string()).collect(),
+            endpoints: BTreeMap::new(),
+            alarm_pct: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn account_ids_round_trip() {
+        let p = participant(7, &["USD", "EUR"]);
+        assert_eq!(p.account_id(0, false), 7_001);
+        assert_eq!(p.account_id(0, true), 7_002);
+        assert_eq!(p.account_id(1, false), 7_003);
+        assert_eq!(p.account_id(1, true), 7_004);
+        assert_eq!(p.account(7_002), Some(("USD".into(), true)));
+        assert_eq!(p.account(7_003), Some(("EUR".into(), false)));
+        for other in [7_000, 7_005, 6_999, 0, 8_001, u64::MAX] {
+            assert_eq!(p.account(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn records_written_before_alarm_percentages_still_load() {
+        let old = r#"{"name":"dfsp1","seq":1,"created_ms":0,"is_active":true,"currencies":["USD"],"endpoints":{}}"#;
+        let p: Participant = serde_json::from_str(old).expect("old record");
+        assert!(p.alarm_pct.is_empty());
     }
 }

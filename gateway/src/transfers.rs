@@ -6,10 +6,10 @@
 //! Results reach the DFSPs as callbacks from the notifier.
 
 use crate::fspiop::{
-    self, check_headers, digest_field, fsp_field, money_field, only_fields, parse_object,
-    parse_timestamp, string_field, ApiError, Headers, Stash,
+    self, check_extension_list, check_headers, check_ilp_packet, digest_field, fsp_field,
+    money_field, only_fields, parse_datetime, parse_object, string_field, ApiError, Headers, Stash,
 };
-use crate::limits::{ILP_PACKET_CHARS_MAX, RETRY_AFTER_S};
+use crate::limits::RETRY_AFTER_S;
 use crate::metrics::Route;
 use crate::AppState;
 use actix_web::http::StatusCode;
@@ -121,21 +121,13 @@ async fn prepare(state: &AppState, req: &HttpRequest, body: &[u8]) -> Result<(),
     let payer = fsp_field(&map, "payerFsp")?;
     let payee = fsp_field(&map, "payeeFsp")?;
     let (currency, amount) = money_field(&map, "amount")?;
-    let ilp = string_field(&map, "ilpPacket")?;
-    if ilp.is_empty()
-        || ilp.len() > ILP_PACKET_CHARS_MAX
-        || !ilp
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=')
-    {
-        return Err(ApiError::validation(
-            "ilpPacket must be base64url, 1 to 32768 characters",
-        ));
-    }
+    check_ilp_packet(string_field(&map, "ilpPacket")?)?;
     let condition = digest_field(&map, "condition")?;
     let expiration = string_field(&map, "expiration")?;
-    let expiration_ms = parse_timestamp(expiration)
-        .ok_or_else(|| ApiError::validation("expiration is not an ISO 8601 timestamp"))?;
+    let expiration_ms = parse_datetime(expiration).ok_or_else(|| {
+        ApiError::validation("expiration must be an FSPIOP DateTime (YYYY-MM-DDTHH:MM:SS.fffZ)")
+    })?;
+    check_extension_list(&map)?;
     let now = now_ms();
     if expiration_ms <= now {
         return Err(ApiError::validation("expiration is in the past"));
@@ -154,7 +146,7 @@ async fn prepare(state: &AppState, req: &HttpRequest, body: &[u8]) -> Result<(),
         amount,
         condition,
         expiration_ms,
-        body_hash: fspiop::body_hash(body),
+        body_hash: fspiop::body_hash(&map),
         payload: stash(&headers, body),
     };
     state.hub.prepare(now, prepare).await.map_err(submit_error)
@@ -192,10 +184,13 @@ async fn fulfil(
     let transfer_state = string_field(&map, "transferState")?;
     let completed_ms = match map.get("completedTimestamp") {
         None => now_ms(),
-        Some(_) => parse_timestamp(string_field(&map, "completedTimestamp")?).ok_or_else(|| {
-            ApiError::validation("completedTimestamp is not an ISO 8601 timestamp")
+        Some(_) => parse_datetime(string_field(&map, "completedTimestamp")?).ok_or_else(|| {
+            ApiError::validation(
+                "completedTimestamp must be an FSPIOP DateTime (YYYY-MM-DDTHH:MM:SS.fffZ)",
+            )
         })?,
     };
+    check_extension_list(&map)?;
     let now = now_ms();
     match transfer_state {
         "COMMITTED" | "RESERVED" => {
@@ -206,7 +201,7 @@ async fn fulfil(
                 fulfilment,
                 completed_ms,
                 notify_payee: transfer_state == "RESERVED",
-                body_hash: fspiop::body_hash(body),
+                body_hash: fspiop::body_hash(&map),
                 payload: stash(&headers, body),
             };
             state.hub.fulfil(now, command).await.map_err(submit_error)
@@ -217,7 +212,7 @@ async fn fulfil(
                 transfer_id,
                 source: headers.source,
                 error_code: 5000,
-                body_hash: fspiop::body_hash(body),
+                body_hash: fspiop::body_hash(&map),
                 payload: Vec::new(),
             };
             state.hub.reject(now, command).await.map_err(submit_error)
@@ -249,21 +244,12 @@ async fn reject(
     let transfer_id = fspiop::transfer_id(id)?;
     let map = parse_object(body)?;
     only_fields(&map, &["errorInformation"])?;
-    let Some(serde_json::Value::Object(info)) = map.get("errorInformation") else {
-        return Err(ApiError::missing("errorInformation"));
-    };
-    only_fields(info, &["errorCode", "errorDescription", "extensionList"])?;
-    let code = string_field(info, "errorCode")?;
-    let error_code: u16 = match code.parse() {
-        Ok(n) if code.len() == 4 && (1000..=9999).contains(&n) => n,
-        _ => return Err(ApiError::validation("errorCode must be four digits")),
-    };
-    string_field(info, "errorDescription")?;
+    let error_code = fspiop::error_information(&map)?;
     let command = Reject {
         transfer_id,
         source: headers.source,
         error_code,
-        body_hash: fspiop::body_hash(body),
+        body_hash: fspiop::body_hash(&map),
         payload: stash(&headers, body),
     };
     state

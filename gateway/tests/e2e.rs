@@ -506,6 +506,22 @@ async fn acknowledged_results_survive_sigkill_and_sigterm_exits_cleanly() {
         position(&http, &hub.admin, PAYEE).await,
     );
     assert_eq!(before, ((30.0, 20.0), (-30.0, 0.0)));
+    let (st, _) = http
+        .admin(
+            "POST",
+            &format!("{}/participants/Hub/accounts", hub.admin),
+            json!({"type": "HUB_RECONCILIATION", "currency": "USD"}),
+        )
+        .await;
+    assert_eq!(st, 201);
+    let (st, _) = http
+        .admin(
+            "PUT",
+            &format!("{}/participants/{PAYER}/limits", hub.admin),
+            json!({"currency": "USD", "limit": {"type": "NET_DEBIT_CAP", "value": 1000, "alarmPercentage": 55}}),
+        )
+        .await;
+    assert_eq!(st, 200);
     hub.kill(); // SIGKILL
     let hub = HubProcess::start(dir.path());
     let after = (
@@ -513,6 +529,25 @@ async fn acknowledged_results_survive_sigkill_and_sigterm_exits_cleanly() {
         position(&http, &hub.admin, PAYEE).await,
     );
     assert_eq!(after, before, "every acknowledged position is as it was");
+    let (_, hub_participant) = http
+        .admin(
+            "GET",
+            &format!("{}/participants/Hub", hub.admin),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(
+        hub_participant["accounts"][0]["ledgerAccountType"],
+        "HUB_RECONCILIATION"
+    );
+    let (_, limits) = http
+        .admin(
+            "GET",
+            &format!("{}/participants/{PAYER}/limits", hub.admin),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(limits[0]["limit"]["alarmPercentage"], 55.0);
     // And the reserved ones can still be fulfilled; endpoints and participants survived.
     let url = format!("{}/transfers/{}", hub.fspiop, tid(4));
     assert_eq!(
@@ -588,6 +623,10 @@ async fn bad_input_on_every_endpoint_never_gives_a_5xx() {
         ),
         ("POST", format!("{admin}/participants/{PAYER}/endpoints")),
         ("GET", format!("{admin}/participants/nobody/positions")),
+        ("POST", format!("{admin}/participants/Hub/accounts")),
+        ("POST", format!("{admin}/participants/{PAYER}/accounts")),
+        ("POST", format!("{admin}/settlementModels")),
+        ("GET", format!("{admin}/participants/limits?type=x")),
         (
             "GET",
             format!("{admin}/participants/{PAYER}/positions?currency=XXX"),
@@ -696,4 +735,337 @@ async fn a_dfsp_that_hangs_does_not_stall_the_others() {
         started.elapsed()
     );
     accept.abort();
+}
+
+/// Re-serialises a JSON body with its keys reversed and extra whitespace: the same
+/// message to a DFSP, different bytes on the wire.
+fn reshuffled(body: &Value) -> String {
+    let map = body.as_object().expect("object");
+    let parts: Vec<String> = map
+        .iter()
+        .rev()
+        .map(|(k, v)| format!("\n  {} :  {}", json!(k), v))
+        .collect();
+    format!("{{{}\n}}", parts.join(" ,"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_details_admin_extras_and_operator_endpoints() {
+    let _serial = SERIAL.lock().await;
+    let w = world("1000", "1000").await;
+    let fspiop = w.hub.fspiop.clone();
+    let admin = w.hub.admin.clone();
+    let url = format!("{fspiop}/transfers");
+
+    // A resend of the same prepare with reordered keys and other whitespace is the same
+    // request (canonical body hash): the state is re-sent, never 3106.
+    let body = prepare_body(40, PAYER, PAYEE, "3", 60_000);
+    assert_eq!(w.prepare(&body, PAYER).await.0, 202);
+    w.callback(PAYEE, "POST", "/transfers").await;
+    let (st, _) = w
+        .http
+        .send(
+            "POST",
+            &url,
+            &fspiop_headers(PAYER, PAYEE),
+            &reshuffled(&body),
+        )
+        .await;
+    assert_eq!(st, 202);
+    let resent = w
+        .dfsps
+        .wait_for("RESERVED re-sent", |r| {
+            r.dfsp == PAYER && r.path == format!("/transfers/{}", tid(40))
+        })
+        .await;
+    assert_eq!(resent.body["transferState"], "RESERVED");
+    // The payee's fulfil without FSPIOP-Destination reaches the payer with it filled in.
+    let fulfil_url = format!("{fspiop}/transfers/{}", tid(40));
+    let mut headers = fspiop_headers(PAYEE, PAYER);
+    headers.retain(|(n, _)| *n != "accept" && *n != "fspiop-destination");
+    let (st, _) = w
+        .http
+        .send(
+            "PUT",
+            &fulfil_url,
+            &headers,
+            &fulfil_body(40, "COMMITTED").to_string(),
+        )
+        .await;
+    assert_eq!(st, 202);
+    let done = w
+        .dfsps
+        .wait_for("commit 40", |r| {
+            r.dfsp == PAYER
+                && r.path == format!("/transfers/{}", tid(40))
+                && r.body["transferState"] == "COMMITTED"
+        })
+        .await;
+    assert_eq!(done.header("fspiop-destination"), Some(PAYER));
+    assert_eq!(done.header("fspiop-source"), Some(PAYEE));
+    assert_eq!(
+        done.header("fspiop-uri"),
+        Some(format!("/transfers/{}", tid(40)).as_str())
+    );
+    assert_eq!(done.header("fspiop-http-method"), Some("PUT"));
+    assert_eq!(
+        w.dfsps
+            .count(|r| r.dfsp == PAYER && r.path.ends_with("/error")),
+        0,
+        "no 3106 for a reshuffled resend"
+    );
+
+    // Version negotiation: 406 lists the supported versions; a foreign media type is
+    // malformed (3101); Accept may name the major version only; GET needs Accept.
+    let mut headers = fspiop_headers(PAYER, PAYEE);
+    headers[1].1 = "application/vnd.interoperability.transfers+json;version=2.0".into();
+    let (st, v) = w
+        .http
+        .send(
+            "POST",
+            &url,
+            &headers,
+            &prepare_body(41, PAYER, PAYEE, "1", 60_000).to_string(),
+        )
+        .await;
+    assert_eq!(st, 406);
+    assert_eq!(v["errorInformation"]["errorCode"], "3001");
+    assert_eq!(
+        v["errorInformation"]["extensionList"]["extension"],
+        json!([{"key": "1", "value": "1"}, {"key": "1", "value": "0"}])
+    );
+    let mut headers = fspiop_headers(PAYER, PAYEE);
+    headers[0].1 = "application/json".into();
+    let (st, v) = w
+        .http
+        .send(
+            "POST",
+            &url,
+            &headers,
+            &prepare_body(41, PAYER, PAYEE, "1", 60_000).to_string(),
+        )
+        .await;
+    assert_eq!(
+        (st, v["errorInformation"]["errorCode"].as_str()),
+        (400, Some("3101"))
+    );
+    let get_url = format!("{fspiop}/transfers/{}", tid(40));
+    let mut headers = fspiop_headers(PAYER, PAYEE);
+    headers.retain(|(n, _)| *n != "content-type" && *n != "accept");
+    let (st, v) = w.http.send("GET", &get_url, &headers, "").await;
+    assert_eq!(
+        (st, v["errorInformation"]["errorCode"].as_str()),
+        (400, Some("3102"))
+    );
+    headers.push((
+        "accept",
+        "application/vnd.interoperability.transfers+json;version=1".into(),
+    ));
+    assert_eq!(w.http.send("GET", &get_url, &headers, "").await.0, 202);
+    // An expiration without milliseconds is not an FSPIOP DateTime.
+    let mut loose = prepare_body(42, PAYER, PAYEE, "1", 60_000);
+    let text = loose["expiration"]
+        .as_str()
+        .expect("expiration")
+        .to_string();
+    loose["expiration"] = json!(format!("{}Z", &text[..19]));
+    let (st, v) = w.prepare(&loose, PAYER).await;
+    assert_eq!(
+        (st, v["errorInformation"]["errorCode"].as_str()),
+        (400, Some("3100"))
+    );
+
+    // Admin extras central-ledger provisioning uses: hub accounts, settlement models,
+    // limits of everyone with the alarm percentage as set.
+    for kind in ["HUB_MULTILATERAL_SETTLEMENT", "HUB_RECONCILIATION"] {
+        let (st, v) = w
+            .http
+            .admin(
+                "POST",
+                &format!("{admin}/participants/Hub/accounts"),
+                json!({"type": kind, "currency": "USD"}),
+            )
+            .await;
+        assert_eq!(st, 201, "{kind}: {v}");
+    }
+    let (st, v) = w
+        .http
+        .admin(
+            "POST",
+            &format!("{admin}/participants/Hub/accounts"),
+            json!({"type": "HUB_RECONCILIATION", "currency": "USD"}),
+        )
+        .await;
+    assert_eq!(
+        (st, v["errorInformation"]["errorCode"].as_str()),
+        (400, Some("3003"))
+    );
+    let (st, list) = w
+        .http
+        .admin("GET", &format!("{admin}/participants"), Value::Null)
+        .await;
+    assert_eq!(st, 200);
+    let names: Vec<&str> = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, vec!["Hub", PAYEE, PAYER]);
+    assert_eq!(list[0]["accounts"].as_array().map(Vec::len), Some(2));
+    let model = json!({"name": "DEFERREDNET", "settlementGranularity": "NET",
+        "settlementInterchange": "MULTILATERAL", "settlementDelay": "DEFERRED", "currency": "USD",
+        "requireLiquidityCheck": true, "ledgerAccountType": "POSITION",
+        "settlementAccountType": "SETTLEMENT", "autoPositionReset": true});
+    let (st, _) = w
+        .http
+        .admin("POST", &format!("{admin}/settlementModels"), model.clone())
+        .await;
+    assert_eq!(st, 201);
+    let (_, models) = w
+        .http
+        .admin("GET", &format!("{admin}/settlementModels"), Value::Null)
+        .await;
+    assert_eq!(models, json!([model]));
+    let (st, v) = w
+        .http
+        .admin(
+            "PUT",
+            &format!("{admin}/participants/{PAYER}/limits"),
+            json!({"currency": "USD", "limit": {"type": "NET_DEBIT_CAP", "value": 900, "alarmPercentage": 80}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (st, limits) = w
+        .http
+        .admin("GET", &format!("{admin}/participants/limits"), Value::Null)
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        limits,
+        json!([
+            {"name": PAYEE, "currency": "USD", "limit": {"type": "NET_DEBIT_CAP", "value": 1000, "alarmPercentage": 10.0}},
+            {"name": PAYER, "currency": "USD", "limit": {"type": "NET_DEBIT_CAP", "value": 900, "alarmPercentage": 80.0}},
+        ])
+    );
+
+    // Two-phase funds out: a reservation takes liquidity cover away at once (a prepare
+    // beyond what is left gets 4001); an abort gives it back.
+    let (_, accounts) = w
+        .http
+        .admin(
+            "GET",
+            &format!("{admin}/participants/{PAYER}/accounts"),
+            Value::Null,
+        )
+        .await;
+    let settlement = accounts
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["ledgerAccountType"] == "SETTLEMENT"))
+        .map(|x| x["id"].to_string())
+        .expect("settlement account");
+    let funds_out = "9f100000-0000-4000-8000-000000000001";
+    let (st, v) = w
+        .http
+        .admin(
+            "POST",
+            &format!("{admin}/participants/{PAYER}/accounts/{settlement}"),
+            json!({"transferId": funds_out, "externalReference": "x", "action": "recordFundsOutPrepareReserve",
+                   "reason": "x", "amount": {"amount": "950", "currency": "USD"}}),
+        )
+        .await;
+    assert_eq!(st, 202, "{v}");
+    // Cover left: 1000 - 950 = 50, of which 3 is already the payer's position.
+    assert_eq!(
+        w.prepare(&prepare_body(43, PAYER, PAYEE, "48", 60_000), PAYER)
+            .await
+            .0,
+        202
+    );
+    let error = w
+        .callback(PAYER, "PUT", &format!("/transfers/{}/error", tid(43)))
+        .await;
+    assert_eq!(error_code(&error), "4001");
+    let (st, v) = w
+        .http
+        .admin(
+            "PUT",
+            &format!("{admin}/participants/{PAYER}/accounts/{settlement}/transfers/{funds_out}"),
+            json!({"action": "recordFundsOutAbort", "reason": "x"}),
+        )
+        .await;
+    assert_eq!(st, 202, "{v}");
+    assert_eq!(
+        w.prepare(&prepare_body(44, PAYER, PAYEE, "48", 60_000), PAYER)
+            .await
+            .0,
+        202
+    );
+    w.dfsps
+        .wait_for("forward 44", |r| r.body["transferId"] == tid(44))
+        .await;
+
+    // Operator endpoints: partitions with a rate, metrics with histograms, the OpenAPI.
+    tokio::time::sleep(Duration::from_millis(
+        2 * gateway::limits::RATE_SAMPLE_INTERVAL_MS,
+    ))
+    .await;
+    let (st, parts) = w
+        .http
+        .admin("GET", &format!("{admin}/partitions"), Value::Null)
+        .await;
+    assert_eq!(st, 200);
+    let parts = parts.as_array().expect("partitions").clone();
+    assert_eq!(parts.len(), 4);
+    for p in &parts {
+        for field in [
+            "owner",
+            "epoch",
+            "committedBatch",
+            "queueDepth",
+            "opsPerSecond",
+        ] {
+            assert!(!p[field].is_null(), "{field} in {p}");
+        }
+    }
+    let ops: f64 = parts
+        .iter()
+        .filter_map(|p| p["opsPerSecond"].as_f64())
+        .sum();
+    assert!(ops > 0.0, "the ticker alone applies commands: {ops}");
+    let (st, text) = w.http.text(&format!("{admin}/metrics")).await;
+    assert_eq!(st, 200);
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series}"))
+    };
+    assert!(value("hub_request_duration_seconds_count{route=\"prepare\"}") >= 5.0);
+    assert!(value("hub_requests_total{route=\"prepare\",result=\"client_error\"}") >= 3.0);
+    assert!(value("hub_callbacks_total{outcome=\"delivered\"}") >= 5.0);
+    assert!(value("hub_callback_delivery_seconds_count") >= 5.0);
+    assert!(value("engine_group_commits_total") > 0.0);
+    assert!(
+        !text.contains(PAYER),
+        "no participant names in metric labels"
+    );
+    let (st, doc) = w
+        .http
+        .send("GET", &format!("{admin}/openapi.json"), &[], "")
+        .await;
+    assert_eq!(st, 200);
+    for path in [
+        "/transfers",
+        "/transfers/{ID}",
+        "/transfers/{ID}/error",
+        "/participants",
+        "/participants/limits",
+        "/participants/{name}/accounts",
+        "/settlementModels",
+        "/partitions",
+        "/metrics",
+    ] {
+        assert!(doc["paths"][path].is_object(), "openapi has {path}");
+    }
 }

@@ -261,6 +261,22 @@ impl Http {
         )
     }
 
+    /// GET with the body as text (metrics).
+    pub async fn text(&self, url: &str) -> (u16, String) {
+        let request = Request::get(url)
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let response = self.client.request(request).await.expect("hub answers");
+        let status = response.status().as_u16();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     pub async fn admin(&self, method: &str, url: &str, body: Value) -> (u16, Value) {
         self.send(
             method,

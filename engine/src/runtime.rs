@@ -179,6 +179,8 @@ struct Shared {
     compactor_stop: Arc<AtomicBool>,
     compactor_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     syncer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    trimmer: mpsc::Sender<TrimMsg>,
+    trimmer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Counters as they were when the store closed (metrics after shutdown).
     final_metrics: Mutex<Option<EngineMetrics>>,
 }
@@ -197,6 +199,9 @@ const ARCHIVE_JOBS_PER_SYNC_MAX: usize = 4_096;
 const ARCHIVE_SYNC_INTERVAL_MS: u64 = 200;
 /// Bound on queued read queries per partition.
 const QUERY_QUEUE_MAX: usize = 1_024;
+/// Bound on WAL trims waiting for the trimmer (a full queue skips a trim: the next
+/// snapshot's trim covers it).
+const TRIM_QUEUE_MAX: usize = 256;
 /// Bound on sync requests waiting for the syncer.
 const SYNC_QUEUE_MAX: usize = 4_096;
 /// With nothing to merge or prune, the compactor looks again after this long.
@@ -271,6 +276,7 @@ impl Hub {
             query_rxs.push(rx);
         }
         let (sync_tx, sync_rx) = mpsc::channel(SYNC_QUEUE_MAX);
+        let (trim_tx, trim_rx) = mpsc::channel(TRIM_QUEUE_MAX);
         let (archive_tx, archive_rx) = mpsc::channel(ARCHIVE_QUEUE_BATCHES_MAX);
         let confirmed = (0..n * n).map(|_| AtomicU64::new(0)).collect();
         let shared = Arc::new(Shared {
@@ -299,6 +305,8 @@ impl Hub {
             compactor_stop: Arc::new(AtomicBool::new(false)),
             compactor_thread: Mutex::new(None),
             syncer_thread: Mutex::new(None),
+            trimmer: trim_tx,
+            trimmer_thread: Mutex::new(None),
             final_metrics: Mutex::new(None),
         });
 
@@ -309,6 +317,15 @@ impl Hub {
             .spawn(move || run_syncer(syncer_store, sync_rx))
             .map_err(|e| EngineError::Storage(e.to_string()))?;
         *lock(&shared.syncer_thread) = Some(syncer);
+
+        // 2b. The trimmer: drops WAL records that a snapshot covers, off the actors' path
+        //     (measured: 10-60 ms per snapshot, during which the partition stood still).
+        let trimmer_store = store.clone();
+        let trimmer = std::thread::Builder::new()
+            .name("engine-trimmer".into())
+            .spawn(move || run_trimmer(trimmer_store, trim_rx))
+            .map_err(|e| EngineError::Storage(e.to_string()))?;
+        *lock(&shared.trimmer_thread) = Some(trimmer);
 
         // 3. The archiver: writes finished transfers off the critical path.
         let archiver_shared = Arc::downgrade(&shared);
@@ -679,11 +696,16 @@ impl Hub {
         // is closed and the data directory can be opened again.
         let _ = self.shared.archiver.send(ArchiveMsg::Exit).await;
         let _ = self.shared.syncer.send(SyncMsg::Exit).await;
+        let _ = self.shared.trimmer.send(TrimMsg::Exit).await;
         self.shared.compactor_stop.store(true, Ordering::Relaxed);
         let archiver = lock(&self.shared.archiver_thread).take();
         let compactor = lock(&self.shared.compactor_thread).take();
         let syncer = lock(&self.shared.syncer_thread).take();
+        let trimmer = lock(&self.shared.trimmer_thread).take();
         let _ = tokio::task::spawn_blocking(move || {
+            if let Some(thread) = trimmer {
+                let _ = thread.join();
+            }
             if let Some(thread) = archiver {
                 let _ = thread.join();
             }
@@ -722,6 +744,28 @@ async fn request_sync(shared: &Shared) -> Result<u64, EngineError> {
         .flush_latency_us_total
         .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     result.map_err(EngineError::Storage)
+}
+
+/// A request to the trimmer.
+enum TrimMsg {
+    /// Partition p's WAL records up to and including this batch are in a snapshot.
+    Trim {
+        partition: u32,
+        upto: u64,
+    },
+    Exit,
+}
+
+/// Drops WAL records covered by snapshots. Only garbage collection: recovery reads the
+/// WAL after its snapshot's batch, so a record left behind (trim skipped, crash before
+/// it) is never read. sled keeps its operations in order, so the removals, issued after
+/// the snapshot's write, can never be recovered without it.
+fn run_trimmer(store: Arc<dyn Storage>, mut requests: mpsc::Receiver<TrimMsg>) {
+    while let Some(TrimMsg::Trim { partition, upto }) = requests.blocking_recv() {
+        if let Err(e) = store.truncate_batches(partition, upto) {
+            error!(partition, error = %e, "dropping WAL records behind a snapshot failed");
+        }
+    }
 }
 
 /// A request to the syncer.
@@ -1487,8 +1531,11 @@ impl Actor {
             unarchived: self.finished_cache.values().cloned().collect(),
         };
         self.store.write_snapshot(self.partition, &snapshot)?;
-        self.store
-            .truncate_batches(self.partition, snapshot.batch_seq)?;
+        // Full queue: skip; the next snapshot's trim covers these records too.
+        let _ = self.shared.trimmer.try_send(TrimMsg::Trim {
+            partition: self.partition,
+            upto: snapshot.batch_seq,
+        });
         self.last_snapshot_batch = snapshot.batch_seq;
         Ok(())
     }

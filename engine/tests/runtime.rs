@@ -8,6 +8,7 @@ use engine::runtime::{now_ms, Hub, HubConfig, SubmitError};
 use engine::storage::{Storage, Store};
 use sha2::{Digest, Sha256};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::Receiver;
 
@@ -340,5 +341,50 @@ async fn concurrent_prepares_use_exactly_the_headroom() {
         }
         assert_eq!(reserved, 50, "round {round}: refusals {refused:?}");
         hub.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_drop_the_wal_behind_them_and_every_finished_transfer_is_archived() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Store::open(dir.path(), PARTITIONS, 8 << 20).expect("store"));
+    let fulfilment = [9u8; 32];
+    let condition: [u8; 32] = Sha256::digest(fulfilment).into();
+    const TRANSFERS: u64 = 200;
+    {
+        let (hub, mut events) =
+            Hub::open_with_store(store.clone(), PARTITIONS, limits()).expect("hub");
+        provision(&hub, "payerfsp", 10_000_000, 10_000_000, 1).await;
+        provision(&hub, "payeefsp", 10_000_000, 10_000_000, 2).await;
+        for n in 1..=TRANSFERS {
+            hub.prepare(now_ms(), prepare(n, "payerfsp", "payeefsp", 10, condition))
+                .await
+                .expect("prepare");
+            next_about(&mut events, id(n)).await;
+            hub.fulfil(now_ms(), fulfil(n, "payeefsp", fulfilment))
+                .await
+                .expect("fulfil");
+            assert!(matches!(
+                next_about(&mut events, id(n)).await,
+                Event::Committed { .. }
+            ));
+        }
+        hub.shutdown().await;
+    }
+    // Every partition snapshotted every 3 batches; the trimmer dropped what each
+    // snapshot covers, so only the batches after the last snapshots are left (about
+    // 400 batches were written).
+    let left: usize = (0..PARTITIONS)
+        .map(|p| store.batches_after(p, 0).expect("wal").len())
+        .sum();
+    assert!(
+        left <= 4 * PARTITIONS as usize,
+        "{left} WAL records left behind snapshots"
+    );
+    // The archiver wrote every finished transfer before the hub stopped.
+    assert!(store.archive_stats().records >= TRANSFERS);
+    for n in 1..=TRANSFERS {
+        let record = store.finished(&id(n)).expect("read").expect("archived");
+        assert_eq!(record.state, TransferState::Committed);
     }
 }

@@ -241,7 +241,7 @@ impl<'a> ChunkView<'a> {
 type Chunk = ([u8; 17], Vec<u8>);
 
 /// Builds one run: cuts records (given in hash order) into chunks of at most
-/// `CHUNK_BYTES_MAX` and hands each finished chunk to `emit`.
+/// `CHUNK_BYTES_MAX`; `push` returns each chunk as it fills, `take_chunk` the last one.
 struct RunBuilder {
     meta: RunMeta,
     entries: Vec<(u64, i64, u32)>,

@@ -1280,13 +1280,6 @@ impl Actor {
             {
                 return Ok(None);
             }
-            // The archive may still hold records past retention (it drops whole runs);
-            // for a command they are forgotten, so a reused id starts a new transfer.
-            let oldest_ms = now_ms.saturating_sub(self.shared.limits.retention_ms);
-            return Ok(self
-                .store
-                .finished(id)?
-                .filter(|record| record.finished_ms >= oldest_ms));
         }
         self.store.finished(id)
     }

@@ -388,3 +388,62 @@ async fn snapshots_drop_the_wal_behind_them_and_every_finished_transfer_is_archi
         assert_eq!(record.state, TransferState::Committed);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_id_is_deduplicated_for_the_retention_window_and_then_forgotten() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let retention_ms = 60_000;
+    let limits = Limits {
+        retention_ms,
+        ..limits()
+    };
+    let fulfilment = [9u8; 32];
+    let condition: [u8; 32] = Sha256::digest(fulfilment).into();
+    let (hub, mut events) = open(dir.path(), limits);
+    provision(&hub, "payerfsp", 100_000, 100_000, 1).await;
+    provision(&hub, "payeefsp", 100_000, 100_000, 2).await;
+    let start = now_ms();
+    let mut first = prepare(1, "payerfsp", "payeefsp", 1_000, condition);
+    first.expiration_ms = start + 10 * retention_ms;
+    hub.prepare(start, first.clone()).await.expect("prepare");
+    next_about(&mut events, id(1)).await;
+    hub.fulfil(start, fulfil(1, "payeefsp", fulfilment))
+        .await
+        .expect("fulfil");
+    assert!(matches!(
+        next_about(&mut events, id(1)).await,
+        Event::Committed { .. }
+    ));
+    // Both while the finished transfer is in memory and after the archiver has it.
+    for wait_ms in [0, 600] {
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        // Inside retention: the same prepare is a duplicate, answered with the state.
+        hub.prepare(start + retention_ms - 1, first.clone())
+            .await
+            .expect("resend");
+        assert!(
+            matches!(
+                next_about(&mut events, id(1)).await,
+                Event::StateResent {
+                    state: TransferState::Committed,
+                    ..
+                }
+            ),
+            "a resend inside retention is a duplicate"
+        );
+    }
+    // Past retention the id is forgotten: the same prepare starts a new transfer.
+    hub.prepare(start + retention_ms + 1, first.clone())
+        .await
+        .expect("reuse");
+    assert!(
+        matches!(next_about(&mut events, id(1)).await, Event::Reserved { .. }),
+        "an id reused after retention starts a new transfer"
+    );
+    let payer = hub
+        .account(AccountKey::new(fsp("payerfsp"), usd()))
+        .await
+        .expect("payer");
+    assert_eq!((payer.position, payer.reserved), (1_000, 1_000));
+    hub.shutdown().await;
+}

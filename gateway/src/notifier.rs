@@ -190,25 +190,35 @@ impl Notifier {
     /// receiver sees who wrote it and can check a signature), `Accept` only where
     /// `keep_accept` (the forwarded prepare), plus URI and method. A sender that left out
     /// `FSPIOP-Destination` gets it filled in: the hub knows where the message goes.
-    fn passed_headers(
-        stash: &Stash,
+    /// A DFSP's own message passed on to `to` with the sender's FSPIOP headers (`Accept`
+    /// only on the forwarded prepare, a `POST`), `None` where `to` has no such endpoint.
+    fn passed_on(
+        &self,
+        stash: Stash,
         to: FspId,
-        keep_accept: bool,
-        method: &str,
+        endpoint: &str,
+        transfer_id: &str,
+        method: &'static str,
         path: &str,
-    ) -> Vec<(String, String)> {
+    ) -> Option<Callback> {
+        let keep_accept = method == "POST";
         let mut headers: Vec<(String, String)> = stash
             .headers
-            .iter()
+            .into_iter()
             .filter(|(name, _)| keep_accept || name != "accept")
-            .cloned()
             .collect();
         if !headers.iter().any(|(name, _)| name == "fspiop-destination") {
             headers.push(("fspiop-destination".into(), to.as_str().to_string()));
         }
         headers.push(("fspiop-uri".into(), path.to_string()));
         headers.push(("fspiop-http-method".into(), method.to_string()));
-        headers
+        Some(Callback {
+            to,
+            method,
+            url: self.url(to, endpoint, transfer_id)?,
+            headers,
+            body: stash.body,
+        })
     }
 
     pub fn error_to(&self, to: FspId, transfer_id: &str, code: ErrorCode) -> Option<Callback> {
@@ -258,21 +268,14 @@ impl Notifier {
                 let Some(stash) = Stash::decode(payload) else {
                     return vec![None];
                 };
-                vec![self
-                    .url(parties.payee, TRANSFER_POST, id)
-                    .map(|url| Callback {
-                        to: parties.payee,
-                        method: "POST",
-                        url,
-                        headers: Self::passed_headers(
-                            &stash,
-                            parties.payee,
-                            true,
-                            "POST",
-                            "/transfers",
-                        ),
-                        body: stash.body,
-                    })]
+                vec![self.passed_on(
+                    stash,
+                    parties.payee,
+                    TRANSFER_POST,
+                    id,
+                    "POST",
+                    "/transfers",
+                )]
             }
             Event::PrepareRefused { parties, code, .. } => {
                 vec![self.error_to(parties.payer, parties.transfer_id.as_str(), *code)]
@@ -285,23 +288,15 @@ impl Notifier {
                 payload,
             } => {
                 let id = parties.transfer_id.as_str();
-                let path = format!("/transfers/{id}");
                 let to_payer = match Stash::decode(payload) {
-                    Some(stash) => self
-                        .url(parties.payer, TRANSFER_PUT, id)
-                        .map(|url| Callback {
-                            to: parties.payer,
-                            method: "PUT",
-                            url,
-                            headers: Self::passed_headers(
-                                &stash,
-                                parties.payer,
-                                false,
-                                "PUT",
-                                &path,
-                            ),
-                            body: stash.body,
-                        }),
+                    Some(stash) => self.passed_on(
+                        stash,
+                        parties.payer,
+                        TRANSFER_PUT,
+                        id,
+                        "PUT",
+                        &format!("/transfers/{id}"),
+                    ),
                     None => self.state_to(
                         parties.payer,
                         id,
@@ -333,23 +328,14 @@ impl Notifier {
                 let id = parties.transfer_id.as_str();
                 let to_payer = match (code, Stash::decode(payload)) {
                     // The payee's own error is passed on with its headers.
-                    (ErrorCode::Payee(_), Some(stash)) => {
-                        let path = format!("/transfers/{id}/error");
-                        self.url(parties.payer, TRANSFER_ERROR, id)
-                            .map(|url| Callback {
-                                to: parties.payer,
-                                method: "PUT",
-                                url,
-                                headers: Self::passed_headers(
-                                    &stash,
-                                    parties.payer,
-                                    false,
-                                    "PUT",
-                                    &path,
-                                ),
-                                body: stash.body,
-                            })
-                    }
+                    (ErrorCode::Payee(_), Some(stash)) => self.passed_on(
+                        stash,
+                        parties.payer,
+                        TRANSFER_ERROR,
+                        id,
+                        "PUT",
+                        &format!("/transfers/{id}/error"),
+                    ),
                     _ => self.error_to(parties.payer, id, *code),
                 };
                 let mut out = vec![to_payer];

@@ -108,6 +108,23 @@ fn fulfil(n: u64, payee: &str, fulfilment: [u8; 32]) -> Fulfil {
     }
 }
 
+/// The payee fulfils transfer `n` at `now_ms`; the commit event must follow.
+async fn fulfil_and_expect_commit(
+    hub: &Hub,
+    events: &mut Receiver<Event>,
+    now_ms: i64,
+    n: u64,
+    fulfilment: [u8; 32],
+) {
+    hub.fulfil(now_ms, fulfil(n, "payeefsp", fulfilment))
+        .await
+        .expect("fulfil");
+    match next_about(events, id(n)).await {
+        Event::Committed { .. } => {}
+        other => panic!("expected transfer {n} committed, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfers_commit_and_survive_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -129,13 +146,7 @@ async fn transfers_commit_and_survive_a_restart() {
                 other => panic!("expected Reserved, got {other:?}"),
             }
             if n <= 15 {
-                hub.fulfil(now_ms(), fulfil(n, "payeefsp", fulfilment))
-                    .await
-                    .expect("fulfil");
-                assert!(matches!(
-                    next_about(&mut events, id(n)).await,
-                    Event::Committed { .. }
-                ));
+                fulfil_and_expect_commit(&hub, &mut events, now_ms(), n, fulfilment).await;
             }
         }
         let payer = hub
@@ -361,13 +372,7 @@ async fn snapshots_drop_the_wal_behind_them_and_every_finished_transfer_is_archi
                 .await
                 .expect("prepare");
             next_about(&mut events, id(n)).await;
-            hub.fulfil(now_ms(), fulfil(n, "payeefsp", fulfilment))
-                .await
-                .expect("fulfil");
-            assert!(matches!(
-                next_about(&mut events, id(n)).await,
-                Event::Committed { .. }
-            ));
+            fulfil_and_expect_commit(&hub, &mut events, now_ms(), n, fulfilment).await;
         }
         hub.shutdown().await;
     }
@@ -407,13 +412,7 @@ async fn a_transfer_id_is_deduplicated_for_the_retention_window_and_then_forgott
     first.expiration_ms = start + 10 * retention_ms;
     hub.prepare(start, first.clone()).await.expect("prepare");
     next_about(&mut events, id(1)).await;
-    hub.fulfil(start, fulfil(1, "payeefsp", fulfilment))
-        .await
-        .expect("fulfil");
-    assert!(matches!(
-        next_about(&mut events, id(1)).await,
-        Event::Committed { .. }
-    ));
+    fulfil_and_expect_commit(&hub, &mut events, start, 1, fulfilment).await;
     // Both while the finished transfer is in memory and after the archiver has it.
     for wait_ms in [0, 600] {
         tokio::time::sleep(Duration::from_millis(wait_ms)).await;

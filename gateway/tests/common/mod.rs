@@ -247,6 +247,15 @@ impl Http {
         let request = builder
             .body(Full::new(Bytes::from(body.to_string())))
             .expect("request");
+        let (status, bytes) = self.exchange(request).await;
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// Sends a request; the status and the whole body.
+    async fn exchange(&self, request: Request<Full<Bytes>>) -> (u16, Bytes) {
         let response = self.client.request(request).await.expect("hub answers");
         let status = response.status().as_u16();
         let bytes = response
@@ -255,10 +264,7 @@ impl Http {
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        (status, bytes)
     }
 
     /// GET with the body as text (metrics).
@@ -266,14 +272,7 @@ impl Http {
         let request = Request::get(url)
             .body(Full::new(Bytes::new()))
             .expect("request");
-        let response = self.client.request(request).await.expect("hub answers");
-        let status = response.status().as_u16();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+        let (status, bytes) = self.exchange(request).await;
         (status, String::from_utf8_lossy(&bytes).into_owned())
     }
 

@@ -358,7 +358,8 @@ async fn concurrent_prepares_use_exactly_the_headroom() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_drop_the_wal_behind_them_and_every_finished_transfer_is_archived() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(Store::open(dir.path(), PARTITIONS, 8 << 20).expect("store"));
+    // WAL segments of 1 KiB hold a few batches each, so trimming can free most of them.
+    let store = Arc::new(Store::open_with(dir.path(), PARTITIONS, 8 << 20, 1024).expect("store"));
     let fulfilment = [9u8; 32];
     let condition: [u8; 32] = Sha256::digest(fulfilment).into();
     const TRANSFERS: u64 = 200;
@@ -376,14 +377,15 @@ async fn snapshots_drop_the_wal_behind_them_and_every_finished_transfer_is_archi
         }
         hub.shutdown().await;
     }
-    // Every partition snapshotted every 3 batches; the trimmer dropped what each
-    // snapshot covers, so only the batches after the last snapshots are left (about
-    // 400 batches were written).
+    // Every partition snapshotted every 3 batches; the trimmer deleted the segments
+    // that the snapshots cover, so what is left is the segment being written and the
+    // few behind it holding batches after the last snapshots (about 400 batches were
+    // written, a few per segment).
     let left: usize = (0..PARTITIONS)
         .map(|p| store.batches_after(p, 0).expect("wal").len())
         .sum();
     assert!(
-        left <= 4 * PARTITIONS as usize,
+        left <= 12 * PARTITIONS as usize,
         "{left} WAL records left behind snapshots"
     );
     // The archiver wrote every finished transfer before the hub stopped.

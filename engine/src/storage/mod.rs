@@ -1,26 +1,30 @@
-//! Durable storage: the only module that knows sled.
+//! Durable storage: the only module that knows sled or touches data files.
 //!
-//! Layout (one sled database per engine process, several trees):
+//! Layout under the data directory:
 //!
-//! * `wal/{p}`: partition p's write-ahead log of applied batches. One record per group
-//!   commit (not per transfer): key = batch sequence (u64 BE) ++ chunk index (u16 BE),
-//!   value = a chunk of the encoded [`WalRecord`]. Records are split into chunks of at most
-//!   [`CHUNK_BYTES_MAX`] because sled 0.34 writes larger values as separate blob files that
-//!   it never fsyncs.
-//! * `snap/{p}`: the latest snapshot of partition p's state, chunked the same way, plus the
-//!   messages it sent that the receivers have not yet made durable.
-//! * `meta`: per-partition epoch.
-//! * a second sled database, `archive/`: finished transfers, findable by transferId for
+//! * `wal/`: the write-ahead log of applied batches, one append-only file log shared by
+//!   every partition (see [`wal`]): one checksummed frame per group commit (not per
+//!   transfer) holding the encoded [`WalRecord`]. One `fdatasync` makes every partition's
+//!   frames durable.
+//! * `sled/`, one sled database with several trees:
+//!   * `snap/{p}`: the latest snapshot of partition p's state, split into chunks of at most
+//!     [`CHUNK_BYTES_MAX`] because sled 0.34 writes larger values as separate blob files
+//!     that it never fsyncs; plus the messages it sent that the receivers have not yet made
+//!     durable.
+//!   * `meta`: partition count and per-partition epoch.
+//!   * `registry`: the gateway's participant registry (opaque bytes by key).
+//! * `archive/`, a second sled database: finished transfers, findable by transferId for
 //!   GET and the duplicate check, written off the critical path by the archiver as sorted
-//!   runs that are merged in the background (see [`archive`]). It is a separate database
-//!   so that its writes do not contend with the group commit's flush, and it has its own
-//!   flush + fdatasync (`sync_archive`); the runtime counts a transfer as archived only
-//!   after that, and until then keeps it in memory and in its snapshots.
-//! * `registry`: the gateway's participant registry (opaque bytes by key).
+//!   runs that are merged in the background (see [`archive`]). It has its own flush +
+//!   fdatasync (`sync_archive`); the runtime counts a transfer as archived only after
+//!   that, and until then keeps it in memory and in its snapshots.
 //!
-//! Durability: sled's `flush()` issues `sync_file_range`, which survives a process crash
-//! but not a power loss, so [`Store::sync`] follows it with `fdatasync` of sled's data file.
-//! Nothing is released to a client before `sync` returns.
+//! Durability: [`Store::sync`] (the group commit) is one `fdatasync` of the WAL. sled's
+//! `flush()` issues `sync_file_range`, which survives a process crash but not a power
+//! loss, so wherever sled must be durable it is followed by `fdatasync` of sled's data
+//! file: in `sync` when a registry entry or epoch was written since the last one, and in
+//! `truncate_batches` before WAL segments behind a snapshot are deleted. Nothing is
+//! released to a client before `sync` returns.
 
 use crate::command::{Command, FinishedTransfer};
 use crate::ids::TransferId;
@@ -32,6 +36,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub mod archive;
+pub mod wal;
 pub use archive::ArchiveStats;
 
 /// Largest value written to sled in one piece.
@@ -101,7 +106,8 @@ pub trait Storage: Send + Sync + 'static {
     fn batches_after(&self, partition: u32, after: u64) -> Result<Vec<WalRecord>, EngineError>;
     fn write_snapshot(&self, partition: u32, snapshot: &SnapshotRecord) -> Result<(), EngineError>;
     fn load_snapshot(&self, partition: u32) -> Result<Option<SnapshotRecord>, EngineError>;
-    /// Drops batch records up to and including `upto` (they are in a snapshot).
+    /// Drops batch records up to and including `upto` (they are in a snapshot), after
+    /// making that snapshot durable. Only garbage collection: it may keep more.
     fn truncate_batches(&self, partition: u32, upto: u64) -> Result<(), EngineError>;
     /// Bumps and returns the partition's owner epoch (durable at the next `sync`).
     fn next_epoch(&self, partition: u32) -> Result<u64, EngineError>;
@@ -122,11 +128,14 @@ pub trait Storage: Send + Sync + 'static {
     fn registry_put(&self, key: &str, value: &[u8]) -> Result<(), EngineError>;
     fn registry_get(&self, key: &str) -> Result<Option<Vec<u8>>, EngineError>;
     fn registry_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, EngineError>;
-    /// Makes every write so far durable: sled flush, then fdatasync of its data file.
+    /// Makes every batch record, registry entry and epoch written so far durable: one
+    /// fdatasync of the WAL, preceded by a sled flush + fdatasync only when a registry
+    /// entry or epoch was written since the last one.
     fn sync(&self) -> Result<(), EngineError>;
     /// Real fsyncs issued so far.
     fn fsyncs(&self) -> u64;
-    /// Time spent in sled's flush and in fdatasync so far, in microseconds.
+    /// Time spent making sled durable (flush + fdatasync) and in the WAL's fdatasync so
+    /// far, in microseconds.
     fn sync_time_us(&self) -> (u64, u64);
 }
 
@@ -137,8 +146,11 @@ pub struct Store {
     meta: sled::Tree,
     archive: archive::Archive,
     registry: sled::Tree,
-    wal: Vec<sled::Tree>,
+    wal: wal::Wal,
     snap: Vec<sled::Tree>,
+    /// Set by writes to sled that a client waits for (registry, epochs); `sync` then
+    /// flushes sled too. Snapshots do not set it: the trimmer makes them durable.
+    sled_dirty: AtomicBool,
     fsyncs: AtomicU64,
     flush_us: AtomicU64,
     fdatasync_us: AtomicU64,
@@ -152,6 +164,16 @@ impl Store {
     /// Opens or creates the store under `dir` for `partitions` partitions. A store created
     /// with another partition count is refused: routing depends on it.
     pub fn open(dir: &Path, partitions: u32, cache_bytes: u64) -> Result<Store, EngineError> {
+        Self::open_with(dir, partitions, cache_bytes, wal::SEGMENT_BYTES_MAX)
+    }
+
+    /// [`Store::open`] with a chosen WAL segment size (tests use small ones).
+    pub fn open_with(
+        dir: &Path,
+        partitions: u32,
+        cache_bytes: u64,
+        wal_segment_bytes: u64,
+    ) -> Result<Store, EngineError> {
         std::fs::create_dir_all(dir).map_err(storage_err)?;
         let db = sled::Config::new()
             .path(dir.join("sled"))
@@ -179,12 +201,20 @@ impl Store {
                     .map_err(storage_err)?;
             }
         }
-        let mut wal = Vec::new();
+        // The first format kept the WAL in sled trees; such a directory is refused rather
+        // than recovered without its log.
+        for name in db.tree_names() {
+            if name.starts_with(b"wal/") && !db.open_tree(&name).map_err(storage_err)?.is_empty() {
+                return Err(EngineError::Config(
+                    "data directory holds a WAL in the old format (sled trees)".to_string(),
+                ));
+            }
+        }
         let mut snap = Vec::new();
         for p in 0..partitions {
-            wal.push(db.open_tree(format!("wal/{p}")).map_err(storage_err)?);
             snap.push(db.open_tree(format!("snap/{p}")).map_err(storage_err)?);
         }
+        let wal = wal::Wal::open(&dir.join("wal"), partitions, wal_segment_bytes)?;
         let archive = archive::Archive::open(&dir.join("archive"), cache_bytes / 2)?;
         let store = Store {
             archive,
@@ -194,6 +224,7 @@ impl Store {
             meta,
             wal,
             snap,
+            sled_dirty: AtomicBool::new(true),
             fsyncs: AtomicU64::new(0),
             flush_us: AtomicU64::new(0),
             fdatasync_us: AtomicU64::new(0),
@@ -202,8 +233,15 @@ impl Store {
         Ok(store)
     }
 
-    fn wal(&self, partition: u32) -> &sled::Tree {
-        &self.wal[partition as usize]
+    /// Makes every sled write so far durable: flush (`sync_file_range`), then fdatasync.
+    fn sync_sled(&self) -> Result<(), EngineError> {
+        let started = std::time::Instant::now();
+        self.db.flush().map_err(storage_err)?;
+        self.data_file.sync_data().map_err(storage_err)?;
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.flush_us
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -327,21 +365,19 @@ impl Storage for Store {
         batch_seq: u64,
         body: &[u8],
     ) -> Result<(), EngineError> {
-        let mut batch = sled::Batch::default();
-        write_chunks(&mut batch, batch_seq, body)?;
-        self.wal(partition).apply_batch(batch).map_err(storage_err)
+        self.wal.append(partition, batch_seq, body)
     }
 
     fn batches_after(&self, partition: u32, after: u64) -> Result<Vec<WalRecord>, EngineError> {
         let mut out = Vec::new();
-        for (seq, body) in read_chunked(self.wal(partition), partition, "wal", after)? {
+        for (seq, body) in self.wal.read(partition, after)? {
             let record: WalRecord = crate::codec::decode(&body)
                 .map_err(|e| corrupt(partition, &format!("wal/{seq}"), e))?;
             if record.batch_seq != seq {
                 return Err(corrupt(
                     partition,
                     &format!("wal/{seq}"),
-                    "sequence does not match its key",
+                    "sequence does not match its frame",
                 ));
             }
             out.push(record);
@@ -372,12 +408,9 @@ impl Storage for Store {
     }
 
     fn truncate_batches(&self, partition: u32, upto: u64) -> Result<(), EngineError> {
-        let tree = self.wal(partition);
-        let mut batch = sled::Batch::default();
-        for key in tree.range(..chunk_key(upto.saturating_add(1), 0)).keys() {
-            batch.remove(key.map_err(storage_err)?);
-        }
-        tree.apply_batch(batch).map_err(storage_err)
+        // The snapshot covering `upto` must be durable before the log behind it goes.
+        self.sync_sled()?;
+        self.wal.trim(partition, upto)
     }
 
     fn next_epoch(&self, partition: u32) -> Result<u64, EngineError> {
@@ -392,6 +425,7 @@ impl Storage for Store {
         self.meta
             .insert(key, &next.to_be_bytes())
             .map_err(storage_err)?;
+        self.sled_dirty.store(true, Ordering::Release);
         Ok(next)
     }
 
@@ -420,10 +454,9 @@ impl Storage for Store {
     }
 
     fn registry_put(&self, key: &str, value: &[u8]) -> Result<(), EngineError> {
-        self.registry
-            .insert(key, value)
-            .map(|_| ())
-            .map_err(storage_err)
+        self.registry.insert(key, value).map_err(storage_err)?;
+        self.sled_dirty.store(true, Ordering::Release);
+        Ok(())
     }
 
     fn registry_get(&self, key: &str) -> Result<Option<Vec<u8>>, EngineError> {
@@ -445,17 +478,14 @@ impl Storage for Store {
     }
 
     fn sync(&self) -> Result<(), EngineError> {
+        if self.sled_dirty.swap(false, Ordering::AcqRel) {
+            self.sync_sled()?;
+        }
         let started = std::time::Instant::now();
-        self.db.flush().map_err(storage_err)?;
-        let flushed = std::time::Instant::now();
-        self.data_file.sync_data().map_err(storage_err)?;
+        self.wal.sync()?;
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.flush_us.fetch_add(
-            flushed.duration_since(started).as_micros() as u64,
-            Ordering::Relaxed,
-        );
         self.fdatasync_us
-            .fetch_add(flushed.elapsed().as_micros() as u64, Ordering::Relaxed);
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -485,11 +515,11 @@ mod tests {
     }
 
     #[test]
-    fn batches_round_trip_across_chunks_and_truncate() {
+    fn batches_round_trip_and_truncation_frees_the_log() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), 2, 8 << 20).expect("open");
+        // Small WAL segments, so that truncation can delete some.
+        let store = Store::open_with(dir.path(), 2, 8 << 20, 64 * 1024).expect("open");
         for seq in 1..=3u64 {
-            // Large enough to need several chunks.
             let inputs: Vec<_> = (0..5_000)
                 .map(|i| (Command::Tick { now_ms: i }, None))
                 .collect();
@@ -505,8 +535,10 @@ mod tests {
         );
         assert_eq!(all[2].inputs.len(), 5_000);
         assert!(store.batches_after(0, 0).expect("read").is_empty());
+        let segments = store.wal.segments();
         store.truncate_batches(1, 2).expect("truncate");
-        let rest = store.batches_after(1, 0).expect("read");
+        assert!(store.wal.segments() < segments, "covered segments deleted");
+        let rest = store.batches_after(1, 2).expect("read");
         assert_eq!(
             rest.iter().map(|r| r.batch_seq).collect::<Vec<_>>(),
             vec![3]
@@ -518,36 +550,38 @@ mod tests {
     fn no_page_is_ever_written_as_an_unsynced_blob() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), 1, 8 << 20).expect("open");
-        // Many large batches into one leaf range, then rewrites and truncation.
-        for seq in 1..=40u64 {
-            let inputs: Vec<_> = (0..20_000)
-                .map(|i| (Command::Tick { now_ms: i }, None))
-                .collect();
-            store
-                .append_batch(0, &borrowed(seq, &inputs))
-                .expect("append");
-            store.sync().expect("sync");
+        // Many large snapshots, each replacing the last.
+        for seq in 1..=20u64 {
+            let snapshot = SnapshotRecord {
+                batch_seq: seq,
+                state: vec![seq as u8; 3 << 20],
+                unconfirmed: Vec::new(),
+                unarchived: Vec::new(),
+            };
+            store.write_snapshot(0, &snapshot).expect("snapshot");
+            store.truncate_batches(0, seq).expect("sync sled");
         }
-        store.truncate_batches(0, 30).expect("truncate");
-        store.sync().expect("sync");
         let blobs = std::fs::read_dir(dir.path().join("sled").join("blobs"))
             .expect("blobs dir")
             .count();
         assert_eq!(blobs, 0, "sled wrote blob files, which it never fsyncs");
+        let last = store.load_snapshot(0).expect("load").expect("a snapshot");
+        assert_eq!((last.batch_seq, last.state.len()), (20, 3 << 20));
     }
 
     #[test]
-    fn a_missing_chunk_is_reported_not_skipped() {
+    fn a_missing_snapshot_chunk_is_reported_not_skipped() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), 1, 8 << 20).expect("open");
-        let inputs: Vec<_> = (0..20_000)
-            .map(|i| (Command::Tick { now_ms: i }, None))
-            .collect();
-        store
-            .append_batch(0, &borrowed(1, &inputs))
-            .expect("append");
-        store.wal(0).remove(chunk_key(1, 1)).expect("remove");
-        let error = store.batches_after(0, 0).expect_err("must fail");
+        let snapshot = SnapshotRecord {
+            batch_seq: 1,
+            state: vec![7; 3 * CHUNK_BYTES_MAX],
+            unconfirmed: Vec::new(),
+            unarchived: Vec::new(),
+        };
+        store.write_snapshot(0, &snapshot).expect("snapshot");
+        store.snap[0].remove(chunk_key(1, 1)).expect("remove");
+        let error = store.load_snapshot(0).expect_err("must fail");
         assert!(
             matches!(error, EngineError::Corrupt { partition: 0, .. }),
             "{error}"
@@ -561,9 +595,15 @@ mod tests {
         let mut value = vec![RECORD_MAGIC, RECORD_VERSION, 0, 1];
         value.extend_from_slice(&3u64.to_be_bytes());
         value.extend_from_slice(&[0xff, 0xff, 0xff]);
-        store.wal(0).insert(chunk_key(1, 0), value).expect("insert");
+        store.snap[0]
+            .insert(chunk_key(1, 0), value)
+            .expect("insert");
+        let error = store.load_snapshot(0).expect_err("must fail");
+        assert!(error.to_string().contains("snap/1"), "{error}");
+        // A WAL frame that is intact but does not decode names its batch.
+        store.append_encoded(0, 5, &[0xde, 0xad]).expect("append");
         let error = store.batches_after(0, 0).expect_err("must fail");
-        assert!(error.to_string().contains("wal/1"), "{error}");
+        assert!(error.to_string().contains("wal/5"), "{error}");
     }
 
     #[test]

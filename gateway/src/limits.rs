@@ -17,10 +17,18 @@ pub const CALLBACK_BACKOFF_START_MS: u64 = 100;
 pub const CALLBACK_BACKOFF_MAX_MS: u64 = 2_000;
 /// One callback attempt gives up after this long.
 pub const CALLBACK_TIMEOUT_MS: u64 = 5_000;
+/// How long an idle callback connection is kept for reuse. Below the 5 s keep-alive of
+/// Node.js servers (common among DFSP connectors), so that the pool drops a connection
+/// before the DFSP closes it: reusing one the server is closing fails the attempt.
+pub const CALLBACK_POOL_IDLE_MS: u64 = 4_000;
 /// HTTP workers per listener.
 pub const HTTP_WORKERS: usize = 2;
 /// Open connections per listener worker.
 pub const HTTP_CONNECTIONS_PER_WORKER_MAX: usize = 10_000;
+/// How long the FSPIOP listener keeps an idle connection open: longer than a DFSP's
+/// client pool usually keeps one, so that the client, not the hub, closes it (a request
+/// sent on a connection the hub is closing fails).
+pub const HTTP_KEEP_ALIVE_S: u64 = 75;
 /// Participants the registry holds.
 pub const PARTICIPANTS_MAX: usize = 10_000;
 /// Endpoints per participant.

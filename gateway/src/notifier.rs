@@ -12,7 +12,7 @@
 use crate::fspiop::{error_body, format_timestamp, media_type, Stash};
 use crate::limits::{
     CALLBACKS_IN_FLIGHT_MAX, CALLBACKS_PER_DFSP_MAX, CALLBACK_ATTEMPTS_MAX,
-    CALLBACK_BACKOFF_MAX_MS, CALLBACK_BACKOFF_START_MS, CALLBACK_TIMEOUT_MS,
+    CALLBACK_BACKOFF_MAX_MS, CALLBACK_BACKOFF_START_MS, CALLBACK_POOL_IDLE_MS, CALLBACK_TIMEOUT_MS,
 };
 use crate::metrics::{CallbackOutcome, Metrics};
 use crate::registry::{Registry, TRANSFER_ERROR, TRANSFER_POST, TRANSFER_PUT};
@@ -53,8 +53,9 @@ impl Notifier {
     pub fn new(registry: Arc<Registry>, metrics: Arc<Metrics>, hub_name: String) -> Arc<Notifier> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_millis(CALLBACK_TIMEOUT_MS)));
+        connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_millis(CALLBACK_POOL_IDLE_MS))
             .build(connector);
         Arc::new(Notifier {
             registry,

@@ -1,6 +1,6 @@
 //! Minimal HTTP/1.1 client and server on hyper, loopback only.
 
-use crate::limits::{HTTP_BODY_MAX, HTTP_TIMEOUT, POOL_IDLE_PER_HOST};
+use crate::limits::{HTTP_BODY_MAX, HTTP_TIMEOUT, POOL_IDLE_PER_HOST, POOL_IDLE_TIMEOUT};
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -85,6 +85,7 @@ impl HttpClient {
         conn.set_nodelay(true);
         let inner = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build(conn);
         HttpClient { inner }
     }

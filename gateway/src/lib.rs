@@ -15,8 +15,8 @@ pub mod transfers;
 
 use engine::runtime::{Hub, HubConfig};
 use limits::{
-    HTTP_CONNECTIONS_PER_WORKER_MAX, HTTP_KEEP_ALIVE_S, HTTP_WORKERS, RATE_SAMPLE_INTERVAL_MS,
-    REQUEST_BODY_BYTES_MAX, SHUTDOWN_CALLBACK_GRACE_MS,
+    HTTP_CONNECTIONS_PER_WORKER_MAX, HTTP_KEEP_ALIVE_S, HTTP_LISTEN_BACKLOG, HTTP_WORKERS,
+    RATE_SAMPLE_INTERVAL_MS, REQUEST_BODY_BYTES_MAX, SHUTDOWN_CALLBACK_GRACE_MS,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -127,6 +127,7 @@ impl EmbeddedHub {
         .workers(HTTP_WORKERS)
         .max_connections(HTTP_CONNECTIONS_PER_WORKER_MAX)
         .keep_alive(std::time::Duration::from_secs(HTTP_KEEP_ALIVE_S))
+        .backlog(HTTP_LISTEN_BACKLOG)
         .disable_signals()
         .bind(&config.fspiop_listen)
         .map_err(|source| GatewayError::Listen {

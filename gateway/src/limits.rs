@@ -29,6 +29,10 @@ pub const HTTP_CONNECTIONS_PER_WORKER_MAX: usize = 10_000;
 /// client pool usually keeps one, so that the client, not the hub, closes it (a request
 /// sent on a connection the hub is closing fails).
 pub const HTTP_KEEP_ALIVE_S: u64 = 75;
+/// Accept queue of each listener (the kernel caps it at `net.core.somaxconn`). When a
+/// stall makes DFSPs open many connections at once, a full queue drops their SYNs and
+/// each such request waits a whole SYN retransmit (1 s).
+pub const HTTP_LISTEN_BACKLOG: u32 = 4_096;
 /// Participants the registry holds.
 pub const PARTICIPANTS_MAX: usize = 10_000;
 /// Endpoints per participant.

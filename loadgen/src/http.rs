@@ -1,6 +1,8 @@
 //! Minimal HTTP/1.1 client and server on hyper, loopback only.
 
-use crate::limits::{HTTP_BODY_MAX, HTTP_TIMEOUT, POOL_IDLE_PER_HOST, POOL_IDLE_TIMEOUT};
+use crate::limits::{
+    HTTP_BODY_MAX, HTTP_TIMEOUT, LISTEN_BACKLOG, POOL_IDLE_PER_HOST, POOL_IDLE_TIMEOUT,
+};
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -207,6 +209,16 @@ impl Server {
     }
 }
 
+/// A loopback listener with a deep accept queue ([`LISTEN_BACKLOG`]): when a stall makes
+/// clients open many connections at once, a full queue drops their SYNs and each of those
+/// requests then waits a whole SYN retransmit (1 s).
+fn listen(port: u16) -> std::io::Result<TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], port)))?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Binds `127.0.0.1:port` (0 for an ephemeral port) and serves `handler`, with at most
 /// `max_connections` connections at once (further ones are closed at accept).
 pub async fn serve<F, Fut>(port: u16, max_connections: usize, handler: F) -> anyhow::Result<Server>
@@ -214,9 +226,7 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let listener = TcpListener::bind(("127.0.0.1", port))
-        .await
-        .with_context(|| format!("binding 127.0.0.1:{port}"))?;
+    let listener = listen(port).with_context(|| format!("binding 127.0.0.1:{port}"))?;
     let addr = listener.local_addr()?;
     let (stop, mut stopped) = watch::channel(false);
     let slots = Arc::new(Semaphore::new(max_connections));

@@ -60,6 +60,8 @@ pub const POOL_IDLE_PER_HOST: usize = 4_096;
 /// does. Reusing one the hub is closing fails the request ("connection closed before
 /// message completed"); one run at 5,000 transfers/s lost 20 payee fulfils that way.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Accept queue of a simulator listener (the kernel caps it at `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: u32 = 4_096;
 /// Concurrent connections accepted by one simulator listener.
 pub const SIM_CONNECTIONS_MAX: usize = 16_384;
 /// Payee answers (fulfils or rejects) waiting for their delay or in flight, per run.

@@ -479,6 +479,17 @@ mod tests {
         vec![seq as u8; 100 + seq as usize]
     }
 
+    /// Writes batches 1..=`batches` of every partition (interleaved), syncs and closes.
+    fn written(dir: &Path, partitions: u32, segment_bytes: u64, batches: u64) {
+        let wal = Wal::open(dir, partitions, segment_bytes).expect("open");
+        for seq in 1..=batches {
+            for partition in 0..partitions {
+                wal.append(partition, seq, &body(seq)).expect("append");
+            }
+        }
+        wal.sync().expect("sync");
+    }
+
     #[test]
     fn frames_come_back_per_partition_across_segments_and_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -536,13 +547,7 @@ mod tests {
     #[test]
     fn a_torn_tail_is_cut_off_and_appending_goes_on() {
         let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let wal = Wal::open(dir.path(), 1, SEGMENT_BYTES_MAX).expect("open");
-            for seq in 1..=3 {
-                wal.append(0, seq, &body(seq)).expect("append");
-            }
-            wal.sync().expect("sync");
-        }
+        written(dir.path(), 1, SEGMENT_BYTES_MAX, 3);
         let path = dir.path().join(segment_name(1));
         let full = std::fs::metadata(&path).expect("stat").len();
         // The last frame was only half written, then zeros (as a crash can leave).
@@ -566,14 +571,7 @@ mod tests {
     #[test]
     fn damage_before_intact_frames_stops_only_its_partition_and_is_not_cut() {
         let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let wal = Wal::open(dir.path(), 2, SEGMENT_BYTES_MAX).expect("open");
-            for seq in 1..=3 {
-                wal.append(0, seq, &body(seq)).expect("append");
-                wal.append(1, seq, &body(seq)).expect("append");
-            }
-            wal.sync().expect("sync");
-        }
+        written(dir.path(), 2, SEGMENT_BYTES_MAX, 3);
         let path = dir.path().join(segment_name(1));
         let mut bytes = std::fs::read(&path).expect("read");
         // One flipped bit in the body of the first frame (partition 0, batch 1).
@@ -600,13 +598,7 @@ mod tests {
     #[test]
     fn an_unreadable_header_before_intact_frames_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let wal = Wal::open(dir.path(), 1, SEGMENT_BYTES_MAX).expect("open");
-            for seq in 1..=3 {
-                wal.append(0, seq, &body(seq)).expect("append");
-            }
-            wal.sync().expect("sync");
-        }
+        written(dir.path(), 1, SEGMENT_BYTES_MAX, 3);
         let path = dir.path().join(segment_name(1));
         let mut bytes = std::fs::read(&path).expect("read");
         bytes[0] ^= 0xff; // the first frame's magic
@@ -624,13 +616,7 @@ mod tests {
     #[test]
     fn damage_in_an_older_segment_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let wal = Wal::open(dir.path(), 1, 300).expect("open");
-            for seq in 1..=6 {
-                wal.append(0, seq, &body(seq)).expect("append");
-            }
-            wal.sync().expect("sync");
-        }
+        written(dir.path(), 1, 300, 6);
         let path = dir.path().join(segment_name(1));
         let len = std::fs::metadata(&path).expect("stat").len();
         let file = OpenOptions::new().write(true).open(&path).expect("open");
@@ -643,12 +629,7 @@ mod tests {
     #[test]
     fn out_of_order_batches_in_a_segment_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let wal = Wal::open(dir.path(), 1, SEGMENT_BYTES_MAX).expect("open");
-            wal.append(0, 1, &body(1)).expect("append");
-            wal.append(0, 2, &body(2)).expect("append");
-            wal.sync().expect("sync");
-        }
+        written(dir.path(), 1, SEGMENT_BYTES_MAX, 2);
         // Swap the two frames on disk.
         let path = dir.path().join(segment_name(1));
         let bytes = std::fs::read(&path).expect("read");

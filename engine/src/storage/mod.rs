@@ -479,7 +479,11 @@ impl Storage for Store {
 
     fn sync(&self) -> Result<(), EngineError> {
         if self.sled_dirty.swap(false, Ordering::AcqRel) {
-            self.sync_sled()?;
+            if let Err(e) = self.sync_sled() {
+                // Still not durable: the next sync must try again.
+                self.sled_dirty.store(true, Ordering::Release);
+                return Err(e);
+            }
         }
         let started = std::time::Instant::now();
         self.wal.sync()?;

@@ -36,6 +36,10 @@ pub struct Limits {
     pub peer_reorder_window_max: usize,
     /// sled page cache, in bytes.
     pub sled_cache_bytes: u64,
+    /// The WAL rolls to a new segment file at about this size; whole segments are what
+    /// trimming deletes, so this also bounds how much log a restart scans past the
+    /// snapshots.
+    pub wal_segment_bytes: u64,
     /// Memory for the "certainly not archived" filters of all partitions together
     /// (about 1.25 bytes per finished transfer inside the retention window; beyond that,
     /// duplicate checks of new transfers go to disk: slower, still exact).
@@ -61,6 +65,7 @@ impl Default for Limits {
             events_capacity: 65_536,
             peer_reorder_window_max: 100_000,
             sled_cache_bytes: 256 * 1024 * 1024,
+            wal_segment_bytes: crate::storage::wal::SEGMENT_BYTES_MAX,
             archive_filter_bytes_max: 128 * 1024 * 1024,
         }
     }

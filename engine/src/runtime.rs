@@ -226,10 +226,11 @@ impl Hub {
             )));
         }
         let limits = config.limits.clone();
-        let store: Arc<dyn Storage> = Arc::new(Store::open(
+        let store: Arc<dyn Storage> = Arc::new(Store::open_with(
             &config.data_dir,
             config.partitions,
             limits.sled_cache_bytes,
+            limits.wal_segment_bytes,
         )?);
         Hub::open_with_store(store, config.partitions, limits)
     }

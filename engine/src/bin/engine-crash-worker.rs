@@ -35,8 +35,11 @@ fn currency() -> Currency {
 }
 
 fn config(dir: PathBuf) -> HubConfig {
+    // Frequent snapshots and 256 KiB WAL segments: the kills land amid snapshots, segment
+    // rolls and segment deletions, not only amid group commits.
     let limits = Limits {
         snapshot_every_batches: 50,
+        wal_segment_bytes: 256 * 1024,
         ..Limits::default()
     };
     HubConfig {

@@ -164,7 +164,12 @@ impl Wal {
     /// Opens the log under `dir` (created if missing), checks every frame, cuts a torn
     /// tail off the newest segment, and refuses damage anywhere else.
     pub fn open(dir: &Path, partitions: u32, segment_bytes_max: u64) -> Result<Wal, EngineError> {
-        assert!(partitions > 0 && segment_bytes_max > 0);
+        assert!(partitions > 0);
+        if segment_bytes_max == 0 {
+            return Err(EngineError::Config(
+                "the WAL segment size must be above 0".to_string(),
+            ));
+        }
         std::fs::create_dir_all(dir).map_err(|e| io_err("creating", dir, e))?;
         let mut indexes = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(|e| io_err("listing", dir, e))? {

@@ -6,8 +6,8 @@
 //! 1. take up to `batch_size_max` commands: peer messages and ticks first, then clients;
 //! 2. look up archived records for transfers that are not in memory;
 //! 3. apply the batch (pure), append one WAL record;
-//! 4. ask the syncer for durability (one sled flush + one fdatasync covers every partition
-//!    that asked meanwhile);
+//! 4. ask the syncer for durability (one fdatasync of the WAL covers every partition that
+//!    asked meanwhile);
 //! 5. only then: answer the submitters, publish events, deliver peer messages, hand
 //!    finished transfers to the archiver.
 //!
@@ -116,9 +116,11 @@ pub struct EngineMetrics {
     pub parked_prepares: u64,
     pub flush_latency_us_total: u64,
     pub denials: u64,
-    /// Time the syncer spent in sled's flush (`sync_file_range`), microseconds.
+    /// Time spent making sled durable (its flush, then fdatasync of its data file):
+    /// registry and epoch writes, and snapshots before WAL segments are deleted;
+    /// microseconds.
     pub sled_flush_us_total: u64,
-    /// Time the syncer spent in fdatasync, microseconds.
+    /// Time the syncer spent in the WAL's fdatasync, microseconds.
     pub fdatasync_us_total: u64,
 }
 

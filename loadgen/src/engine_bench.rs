@@ -78,7 +78,8 @@ struct Report {
     batches: u64,
     mean_batch_size: f64,
     mean_flush_latency_us: f64,
-    /// Mean time of one sync round in sled's flush and in fdatasync.
+    /// Per sync round, mean time spent making sled durable (only rounds after a registry
+    /// or epoch write, and the trimmer's) and in the WAL's fdatasync.
     mean_sled_flush_us: f64,
     mean_fdatasync_us: f64,
     false_rejections: u64,

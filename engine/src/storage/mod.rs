@@ -89,7 +89,8 @@ pub struct SnapshotRecord {
     pub unarchived: Vec<FinishedTransfer>,
 }
 
-/// What the runtime needs from durable storage. The sled implementation is [`Store`].
+/// What the runtime needs from durable storage. The implementation is [`Store`] (a file
+/// WAL, sled for the rest).
 pub trait Storage: Send + Sync + 'static {
     /// Writes one batch record of partition `partition` (not yet durable: call `sync`).
     fn append_batch(&self, partition: u32, record: &WalRecordRef<'_>) -> Result<(), EngineError> {

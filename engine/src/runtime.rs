@@ -208,6 +208,20 @@ const TRIM_QUEUE_MAX: usize = 256;
 const SYNC_QUEUE_MAX: usize = 4_096;
 /// With nothing to merge or prune, the compactor looks again after this long.
 const COMPACTOR_IDLE_MS: u64 = 100;
+/// Nice value of the maintenance threads (compactor, trimmer, filter loader): their work
+/// can wait, so when the cores are busy the actors and the syncer (and, in the embedded
+/// hub, the HTTP workers) go first. The archiver keeps the normal priority: partitions
+/// wait for it when their cache of finished transfers is full.
+const MAINTENANCE_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority to [`MAINTENANCE_NICE`] (on Linux nice is per
+/// thread). Failing to is harmless: the thread then competes at normal priority.
+fn lower_priority_of_this_thread() {
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), MAINTENANCE_NICE) {
+        tracing::warn!(error = %e, "could not lower a maintenance thread's priority");
+    }
+}
 
 pub fn now_ms() -> TimestampMs {
     SystemTime::now()
@@ -313,7 +327,7 @@ impl Hub {
             final_metrics: Mutex::new(None),
         });
 
-        // 2. The syncer: one flush + fdatasync for every request queued meanwhile.
+        // 2. The syncer: one WAL fdatasync for every request queued meanwhile.
         let syncer_store = store.clone();
         let syncer = std::thread::Builder::new()
             .name("engine-syncer".into())
@@ -321,8 +335,9 @@ impl Hub {
             .map_err(|e| EngineError::Storage(e.to_string()))?;
         *lock(&shared.syncer_thread) = Some(syncer);
 
-        // 2b. The trimmer: drops WAL records that a snapshot covers, off the actors' path
-        //     (measured: 10-60 ms per snapshot, during which the partition stood still).
+        // 2b. The trimmer: makes snapshots durable and deletes the WAL segments they
+        //     cover, off the actors' path (deleting behind each snapshot in the actor
+        //     once stood a partition still for 10-60 ms).
         let trimmer_store = store.clone();
         let trimmer = std::thread::Builder::new()
             .name("engine-trimmer".into())
@@ -759,11 +774,12 @@ enum TrimMsg {
     Exit,
 }
 
-/// Drops WAL records covered by snapshots. Only garbage collection: recovery reads the
-/// WAL after its snapshot's batch, so a record left behind (trim skipped, crash before
-/// it) is never read. sled keeps its operations in order, so the removals, issued after
-/// the snapshot's write, can never be recovered without it.
+/// Deletes WAL segments covered by snapshots. Only garbage collection: recovery reads the
+/// WAL after its snapshot's batch, so a segment left behind (trim skipped, crash before
+/// it) is never read past that point, and `truncate_batches` makes the snapshots durable
+/// before it deletes anything.
 fn run_trimmer(store: Arc<dyn Storage>, mut requests: mpsc::Receiver<TrimMsg>) {
+    lower_priority_of_this_thread();
     while let Some(TrimMsg::Trim { partition, upto }) = requests.blocking_recv() {
         if let Err(e) = store.truncate_batches(partition, upto) {
             error!(partition, error = %e, "dropping WAL records behind a snapshot failed");
@@ -879,6 +895,7 @@ fn run_archiver(
 /// Archive upkeep off the critical path: merges runs (so lookups probe few of them) and
 /// drops runs past retention, one step at a time, until `stop` is set.
 fn run_compactor(store: Arc<dyn Storage>, stop: Arc<AtomicBool>, retention_ms: i64) {
+    lower_priority_of_this_thread();
     while !stop.load(Ordering::Relaxed) {
         match store.maintain_archive(now_ms() - retention_ms, &stop) {
             Ok(true) => {}
@@ -913,6 +930,7 @@ fn load_filters(
     filter_bytes: usize,
     retention_ms: i64,
 ) {
+    lower_priority_of_this_thread();
     let mut filters: Vec<ArchiveFilter> = (0..partitions)
         .map(|_| ArchiveFilter::new(filter_bytes))
         .collect();

@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// One HTTP request to a DFSP.
 #[derive(Debug, Clone)]
@@ -142,6 +142,8 @@ impl Notifier {
                 backoff_ms = (backoff_ms * 2).min(CALLBACK_BACKOFF_MAX_MS);
             }
         }
+        // The transfer's state is durable; the DFSP can still learn it with a GET.
+        warn!(to = %callback.to, attempts = CALLBACK_ATTEMPTS_MAX, "callback given up");
         self.metrics.callback(CallbackOutcome::GaveUp, None);
     }
 

@@ -395,7 +395,13 @@ fn summarise(args: &HttpArgs, r: &Resolved, ctx: &Ctx, inp: SummaryInputs) -> Su
     let c = &s.counters;
     let e2e = s.e2e.snapshot();
     let e = PhaseStats::of(&e2e);
-    let measured_us = inp.load_end_us.saturating_sub(inp.window.measure_us);
+    // The measured window ends when the load stops or at its scheduled end, whichever is
+    // first: closed-loop clients finish their last transfer after the end, and one that
+    // hangs must not stretch the window (that read as a lower throughput).
+    let measured_us = inp
+        .load_end_us
+        .min(inp.window.end_us)
+        .saturating_sub(inp.window.measure_us);
     let measured_seconds = (measured_us as f64 / 1e6).max(1e-3);
     let whole = (measured_us / 1_000_000) as usize;
     let transfers_per_sec = if whole > 0 {

@@ -92,6 +92,7 @@ impl Notifier {
         // behind: this callback is given up at once (counted; the DFSP can still GET the
         // transfer) rather than tie up slots that the other DFSPs need.
         let Ok(dfsp_permit) = dfsp.try_acquire_owned() else {
+            warn!(to = %callback.to, limit = CALLBACKS_PER_DFSP_MAX, "callback given up: too many in flight to this DFSP");
             self.metrics.callback(CallbackOutcome::GaveUp, None);
             return;
         };

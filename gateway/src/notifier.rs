@@ -640,6 +640,14 @@ mod tests {
     /// A DFSP that answers 500 `failures` times, then 200; returns its base URL and a
     /// counter of requests it saw.
     async fn flaky_dfsp(failures: usize) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        test_dfsp(failures, Duration::ZERO).await
+    }
+
+    /// As [`flaky_dfsp`], answering each request after `delay`.
+    async fn test_dfsp(
+        failures: usize,
+        delay: Duration,
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
         use hyper::server::conn::http1;
         use hyper::service::service_fn;
         use std::sync::atomic::{AtomicUsize, Ordering};
@@ -657,6 +665,7 @@ mod tests {
                         let n = counter.fetch_add(1, Ordering::SeqCst);
                         let status = if n < failures { 500 } else { 200 };
                         async move {
+                            tokio::time::sleep(delay).await;
                             hyper::Response::builder()
                                 .status(status)
                                 .body(Full::new(Bytes::new()))
@@ -712,5 +721,27 @@ mod tests {
         );
         assert_eq!(n.metrics.callbacks(CallbackOutcome::GaveUp), 1);
         assert_eq!(n.metrics.callbacks(CallbackOutcome::Delivered), 0);
+    }
+
+    #[tokio::test]
+    async fn a_busy_but_healthy_dfsp_gets_every_callback() {
+        // Far more callbacks at once than the old per-DFSP bound of 256 (a hot payer's
+        // bursts), to a DFSP that answers each after 300 ms: none may be given up.
+        const CALLBACKS: usize = 600;
+        assert!(CALLBACKS <= CALLBACKS_PER_DFSP_MAX);
+        let (base, seen) = test_dfsp(0, Duration::from_millis(300)).await;
+        let n = notifier_for(&base);
+        for _ in 0..CALLBACKS {
+            for c in n.callbacks_for(&refused_to_payee()) {
+                n.dispatch(c).await;
+            }
+        }
+        assert!(n.drain(Duration::from_secs(20)).await);
+        assert_eq!(n.metrics.callbacks(CallbackOutcome::GaveUp), 0);
+        assert_eq!(
+            n.metrics.callbacks(CallbackOutcome::Delivered),
+            CALLBACKS as u64
+        );
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), CALLBACKS);
     }
 }

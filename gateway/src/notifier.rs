@@ -728,7 +728,7 @@ mod tests {
         // Far more callbacks at once than the old per-DFSP bound of 256 (a hot payer's
         // bursts), to a DFSP that answers each after 300 ms: none may be given up.
         const CALLBACKS: usize = 600;
-        assert!(CALLBACKS <= CALLBACKS_PER_DFSP_MAX);
+        const _: () = assert!(CALLBACKS <= CALLBACKS_PER_DFSP_MAX);
         let (base, seen) = test_dfsp(0, Duration::from_millis(300)).await;
         let n = notifier_for(&base);
         for _ in 0..CALLBACKS {

@@ -782,7 +782,7 @@ fn run_trimmer(store: Arc<dyn Storage>, mut requests: mpsc::Receiver<TrimMsg>) {
     lower_priority_of_this_thread();
     while let Some(TrimMsg::Trim { partition, upto }) = requests.blocking_recv() {
         if let Err(e) = store.truncate_batches(partition, upto) {
-            error!(partition, error = %e, "dropping WAL records behind a snapshot failed");
+            error!(partition, error = %e, "deleting WAL segments behind a snapshot failed");
         }
     }
 }

@@ -293,16 +293,11 @@ fn write_chunks(batch: &mut sled::Batch, seq: u64, body: &[u8]) -> Result<(), En
     Ok(())
 }
 
-/// Reassembles records from a chunked tree, in key order, for sequences > `after`.
-fn read_chunked(
-    tree: &sled::Tree,
-    partition: u32,
-    what: &str,
-    after: u64,
-) -> Result<Vec<(u64, Vec<u8>)>, EngineError> {
+/// Reassembles the records of a partition's chunked snapshot tree, in key order.
+fn read_chunked(tree: &sled::Tree, partition: u32) -> Result<Vec<(u64, Vec<u8>)>, EngineError> {
+    let what = "snap";
     let mut records = Vec::new();
     let mut current: Option<(u64, u16, u16, usize, Vec<u8>)> = None; // seq, next chunk, count, len, body
-    let start = chunk_key(after.saturating_add(1), 0);
     let finish = |current: Option<(u64, u16, u16, usize, Vec<u8>)>,
                   records: &mut Vec<(u64, Vec<u8>)>|
      -> Result<(), EngineError> {
@@ -318,7 +313,7 @@ fn read_chunked(
         }
         Ok(())
     };
-    for item in tree.range(start..) {
+    for item in tree.iter() {
         let (key, value) = item.map_err(storage_err)?;
         if key.len() != 10 {
             return Err(corrupt(partition, what, "malformed key"));
@@ -399,7 +394,7 @@ impl Storage for Store {
     }
 
     fn load_snapshot(&self, partition: u32) -> Result<Option<SnapshotRecord>, EngineError> {
-        let records = read_chunked(&self.snap[partition as usize], partition, "snap", 0)?;
+        let records = read_chunked(&self.snap[partition as usize], partition)?;
         let Some((seq, body)) = records.into_iter().last() else {
             return Ok(None);
         };

@@ -484,6 +484,15 @@ mod tests {
         vec![seq as u8; 100 + seq as usize]
     }
 
+    /// XORs `mask` into byte `at` of the first segment; returns the damaged bytes.
+    fn damage_first_segment(dir: &Path, at: usize, mask: u8) -> (PathBuf, Vec<u8>) {
+        let path = dir.join(segment_name(1));
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[at] ^= mask;
+        std::fs::write(&path, &bytes).expect("write");
+        (path, bytes)
+    }
+
     /// Writes batches 1..=`batches` of every partition (interleaved), syncs and closes.
     fn written(dir: &Path, partitions: u32, segment_bytes: u64, batches: u64) {
         let wal = Wal::open(dir, partitions, segment_bytes).expect("open");
@@ -577,11 +586,8 @@ mod tests {
     fn damage_before_intact_frames_stops_only_its_partition_and_is_not_cut() {
         let dir = tempfile::tempdir().expect("tempdir");
         written(dir.path(), 2, SEGMENT_BYTES_MAX, 3);
-        let path = dir.path().join(segment_name(1));
-        let mut bytes = std::fs::read(&path).expect("read");
         // One flipped bit in the body of the first frame (partition 0, batch 1).
-        bytes[HEADER_BYTES + 10] ^= 0x01;
-        std::fs::write(&path, &bytes).expect("write");
+        let (path, bytes) = damage_first_segment(dir.path(), HEADER_BYTES + 10, 0x01);
         let wal = Wal::open(dir.path(), 2, SEGMENT_BYTES_MAX).expect("reopen");
         let error = wal.read(0, 0).expect_err("partition 0 must fail");
         let text = error.to_string();
@@ -604,10 +610,8 @@ mod tests {
     fn an_unreadable_header_before_intact_frames_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         written(dir.path(), 1, SEGMENT_BYTES_MAX, 3);
-        let path = dir.path().join(segment_name(1));
-        let mut bytes = std::fs::read(&path).expect("read");
-        bytes[0] ^= 0xff; // the first frame's magic
-        std::fs::write(&path, &bytes).expect("write");
+        // The first frame's magic.
+        let (path, bytes) = damage_first_segment(dir.path(), 0, 0xff);
         let error = Wal::open(dir.path(), 1, SEGMENT_BYTES_MAX)
             .err()
             .expect("must refuse");

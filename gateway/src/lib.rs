@@ -5,6 +5,7 @@
 //! Only this crate knows HTTP and JSON.
 
 pub mod admin;
+pub mod client;
 pub mod fspiop;
 pub mod limits;
 pub mod metrics;

@@ -25,6 +25,14 @@ pub const CALLBACK_TIMEOUT_MS: u64 = 5_000;
 /// Node.js servers (common among DFSP connectors), so that the pool drops a connection
 /// before the DFSP closes it: reusing one the server is closing fails the attempt.
 pub const CALLBACK_POOL_IDLE_MS: u64 = 4_000;
+/// Idle callback connections kept per DFSP endpoint (`host:port`) for reuse.
+pub const CALLBACK_IDLE_PER_DFSP_MAX: usize = CALLBACKS_PER_DFSP_MAX;
+/// Idle callback connections kept over all DFSPs.
+pub const CALLBACK_IDLE_TOTAL_MAX: usize = 4 * CALLBACKS_IN_FLIGHT_MAX;
+/// Largest response head (status line and headers) read from a DFSP.
+pub const CALLBACK_RESPONSE_HEAD_BYTES_MAX: usize = 16 * 1024;
+/// Largest response body read from a DFSP (FSPIOP callback answers have none).
+pub const CALLBACK_RESPONSE_BODY_BYTES_MAX: usize = 64 * 1024;
 /// HTTP workers per listener.
 pub const HTTP_WORKERS: usize = 2;
 /// Open connections per listener worker.

@@ -9,20 +9,18 @@
 //! callback is tried up to `CALLBACK_ATTEMPTS_MAX` times with capped exponential backoff;
 //! every outcome is counted.
 
+use crate::client::{Client, ClientLimits, Request};
 use crate::fspiop::{error_body, format_timestamp, media_type, Stash};
 use crate::limits::{
     CALLBACKS_IN_FLIGHT_MAX, CALLBACKS_PER_DFSP_MAX, CALLBACK_ATTEMPTS_MAX,
-    CALLBACK_BACKOFF_MAX_MS, CALLBACK_BACKOFF_START_MS, CALLBACK_POOL_IDLE_MS, CALLBACK_TIMEOUT_MS,
+    CALLBACK_BACKOFF_MAX_MS, CALLBACK_BACKOFF_START_MS, CALLBACK_IDLE_PER_DFSP_MAX,
+    CALLBACK_IDLE_TOTAL_MAX, CALLBACK_POOL_IDLE_MS, CALLBACK_RESPONSE_BODY_BYTES_MAX,
+    CALLBACK_RESPONSE_HEAD_BYTES_MAX, CALLBACK_TIMEOUT_MS,
 };
 use crate::metrics::{CallbackOutcome, Metrics};
 use crate::registry::{Registry, TRANSFER_ERROR, TRANSFER_POST, TRANSFER_PUT};
-use bytes::Bytes;
 use engine::command::{ErrorCode, Event, TransferState};
 use engine::ids::FspId;
-use http_body_util::Full;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -44,19 +42,22 @@ pub struct Notifier {
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     hub_name: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client,
     overall: Arc<Semaphore>,
     per_dfsp: Mutex<HashMap<FspId, Arc<Semaphore>>>,
 }
 
 impl Notifier {
     pub fn new(registry: Arc<Registry>, metrics: Arc<Metrics>, hub_name: String) -> Arc<Notifier> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_millis(CALLBACK_TIMEOUT_MS)));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_millis(CALLBACK_POOL_IDLE_MS))
-            .build(connector);
+        let client = Client::new(ClientLimits {
+            exchange_timeout: Duration::from_millis(CALLBACK_TIMEOUT_MS),
+            connect_timeout: Duration::from_millis(CALLBACK_TIMEOUT_MS),
+            idle_timeout: Duration::from_millis(CALLBACK_POOL_IDLE_MS),
+            idle_per_host_max: CALLBACK_IDLE_PER_DFSP_MAX,
+            idle_total_max: CALLBACK_IDLE_TOTAL_MAX,
+            response_head_bytes_max: CALLBACK_RESPONSE_HEAD_BYTES_MAX,
+            response_body_bytes_max: CALLBACK_RESPONSE_BODY_BYTES_MAX,
+        });
         Arc::new(Notifier {
             registry,
             metrics,
@@ -149,24 +150,21 @@ impl Notifier {
     }
 
     async fn attempt(&self, callback: &Callback) -> CallbackOutcome {
-        let mut builder = hyper::Request::builder()
-            .method(callback.method)
-            .uri(&callback.url);
-        for (name, value) in &callback.headers {
-            builder = builder.header(name.as_str(), value.as_str());
-        }
-        let Ok(request) = builder.body(Full::new(Bytes::from(callback.body.clone()))) else {
-            return CallbackOutcome::NetworkError;
+        let headers: Vec<(&str, &str)> = callback
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        let request = Request {
+            method: callback.method,
+            url: &callback.url,
+            headers: &headers,
+            body: callback.body.as_bytes(),
         };
-        match tokio::time::timeout(
-            Duration::from_millis(CALLBACK_TIMEOUT_MS),
-            self.client.request(request),
-        )
-        .await
-        {
-            Ok(Ok(response)) if response.status().is_success() => CallbackOutcome::Delivered,
-            Ok(Ok(_)) => CallbackOutcome::HttpError,
-            Ok(Err(_)) | Err(_) => CallbackOutcome::NetworkError,
+        match self.client.send(request).await {
+            Ok(response) if (200..300).contains(&response.status) => CallbackOutcome::Delivered,
+            Ok(_) => CallbackOutcome::HttpError,
+            Err(_) => CallbackOutcome::NetworkError,
         }
     }
 
@@ -668,7 +666,7 @@ mod tests {
                             tokio::time::sleep(delay).await;
                             hyper::Response::builder()
                                 .status(status)
-                                .body(Full::new(Bytes::new()))
+                                .body(http_body_util::Full::new(bytes::Bytes::new()))
                         }
                     });
                     let _ = http1::Builder::new()

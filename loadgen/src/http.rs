@@ -1,19 +1,20 @@
-//! Minimal HTTP/1.1 client and server on hyper, loopback only.
+//! HTTP/1.1 on loopback: the client (the hub's own lean client, `gateway::client`) and
+//! the simulators' server (hyper).
 
 use crate::limits::{
-    HTTP_BODY_MAX, HTTP_TIMEOUT, LISTEN_BACKLOG, POOL_IDLE_PER_HOST, POOL_IDLE_TIMEOUT,
+    HTTP_BODY_MAX, HTTP_HEAD_MAX, HTTP_TIMEOUT, LISTEN_BACKLOG, POOL_IDLE_PER_HOST,
+    POOL_IDLE_TIMEOUT, POOL_IDLE_TOTAL,
 };
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
+use gateway::client::{Client, ClientLimits};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -45,7 +46,7 @@ pub fn loopback_base(url: &str) -> anyhow::Result<String> {
 /// A pooled HTTP/1.1 client.
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<HttpConnector, Body>,
+    inner: Client,
 }
 
 /// Why a request got no reply.
@@ -83,12 +84,15 @@ impl Default for HttpClient {
 
 impl HttpClient {
     pub fn new() -> Self {
-        let mut conn = HttpConnector::new();
-        conn.set_nodelay(true);
-        let inner = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(conn);
+        let inner = Client::new(ClientLimits {
+            exchange_timeout: HTTP_TIMEOUT,
+            connect_timeout: HTTP_TIMEOUT,
+            idle_timeout: POOL_IDLE_TIMEOUT,
+            idle_per_host_max: POOL_IDLE_PER_HOST,
+            idle_total_max: POOL_IDLE_TOTAL,
+            response_head_bytes_max: HTTP_HEAD_MAX,
+            response_body_bytes_max: HTTP_BODY_MAX,
+        });
         HttpClient { inner }
     }
 
@@ -100,32 +104,21 @@ impl HttpClient {
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> Result<Reply, SendError> {
-        let mut req = Request::builder().method(method).uri(url);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req
-            .body(Full::new(body))
-            .map_err(|e| SendError::NotSent(format!("{url}: {e}")))?;
-        let exchange = async {
-            let resp = self.inner.request(req).await.map_err(|e| {
-                if e.is_connect() {
-                    SendError::NotSent(format!("{url}: cannot connect: {e}"))
-                } else {
-                    SendError::Failed(format!("{url}: {e}"))
-                }
-            })?;
-            let status = resp.status();
-            let body = Limited::new(resp.into_body(), HTTP_BODY_MAX)
-                .collect()
-                .await
-                .map_err(|e| SendError::Failed(format!("{url}: reading reply body: {e}")))?
-                .to_bytes();
-            Ok(Reply { status, body })
+        let request = gateway::client::Request {
+            method: method.as_str(),
+            url,
+            headers,
+            body: &body,
         };
-        tokio::time::timeout(HTTP_TIMEOUT, exchange)
-            .await
-            .map_err(|_| SendError::Failed(format!("{url}: no reply within {HTTP_TIMEOUT:?}")))?
+        match self.inner.send(request).await {
+            Ok(r) => Ok(Reply {
+                status: StatusCode::from_u16(r.status)
+                    .map_err(|_| SendError::Failed(format!("{url}: status {}", r.status)))?,
+                body: r.body,
+            }),
+            Err(e) if e.was_sent() => Err(SendError::Failed(format!("{url}: {e}"))),
+            Err(e) => Err(SendError::NotSent(format!("{url}: {e}"))),
+        }
     }
 
     pub async fn get_json(&self, url: &str) -> anyhow::Result<(StatusCode, serde_json::Value)> {

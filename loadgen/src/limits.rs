@@ -53,8 +53,12 @@ pub const AUDIT_RETRY_DELAY: Duration = Duration::from_millis(500);
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest HTTP body read from the network (FSPIOP bodies are small; admin lists can be larger).
 pub const HTTP_BODY_MAX: usize = 4 * 1024 * 1024;
+/// Largest HTTP response head (status line and headers) read from the network.
+pub const HTTP_HEAD_MAX: usize = 16 * 1024;
 /// Idle pooled connections kept per host by the HTTP client.
 pub const POOL_IDLE_PER_HOST: usize = 4_096;
+/// Idle pooled connections kept over all hosts by the HTTP client.
+pub const POOL_IDLE_TOTAL: usize = 16_384;
 /// How long the HTTP client keeps an idle pooled connection: below any hub's keep-alive
 /// (actix-web's default is 5 s), so that the pool drops a connection before the hub
 /// does. Reusing one the hub is closing fails the request ("connection closed before

@@ -1,5 +1,9 @@
 //! `--embedded`: a hub started in this process on ephemeral ports (127.0.0.1) and a
 //! temporary data directory: gateway, notifier and an engine owning all partitions.
+//!
+//! The hub gets a tokio runtime of its own, as it has in its own process (the `gateway`
+//! binary), rather than sharing the load generator's: in one shared runtime the hub's
+//! tasks (engine actors, notifier) queue behind hundreds of simulator and client tasks.
 
 use anyhow::Context;
 use std::path::PathBuf;
@@ -8,13 +12,16 @@ use std::path::PathBuf;
 pub struct EmbeddedHub {
     pub fspiop: String,
     pub admin: String,
-    hub: gateway::EmbeddedHub,
+    /// Both are `Some` until `stop` (or drop) takes them.
+    hub: Option<gateway::EmbeddedHub>,
+    runtime: Option<tokio::runtime::Runtime>,
     _data_dir: Option<tempfile::TempDir>,
 }
 
 impl EmbeddedHub {
-    /// Starts the hub; `data_dir` defaults to a fresh temporary directory removed at stop.
-    pub async fn start(data_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+    /// Starts the hub on its own runtime of `worker_threads` threads; `data_dir` defaults
+    /// to a fresh temporary directory removed at stop.
+    pub async fn start(data_dir: Option<PathBuf>, worker_threads: usize) -> anyhow::Result<Self> {
         let (dir, temp) = match data_dir {
             Some(dir) => (dir, None),
             None => {
@@ -28,19 +35,43 @@ impl EmbeddedHub {
             data_dir: dir,
             ..gateway::Config::default()
         };
-        let hub = gateway::EmbeddedHub::start(config)
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(worker_threads.max(1))
+            .thread_name("hub-worker")
+            .enable_all()
+            .build()
+            .context("the embedded hub's runtime")?;
+        let hub = runtime
+            .spawn(gateway::EmbeddedHub::start(config))
             .await
+            .context("the embedded hub's start task")?
             .context("starting the embedded hub")?;
         Ok(EmbeddedHub {
             fspiop: format!("http://{}", hub.fspiop_addr),
             admin: format!("http://{}", hub.admin_addr),
-            hub,
+            hub: Some(hub),
+            runtime: Some(runtime),
             _data_dir: temp,
         })
     }
 
-    /// Drains and stops the hub, then removes a temporary data directory.
-    pub async fn stop(self) {
-        self.hub.stop().await;
+    /// Drains and stops the hub on its runtime, then ends the runtime and removes a
+    /// temporary data directory.
+    pub async fn stop(mut self) {
+        if let (Some(hub), Some(runtime)) = (self.hub.take(), self.runtime.as_ref()) {
+            // A stop that panicked has nothing left to drain; the runtime ends either way.
+            let _ = runtime.spawn(hub.stop()).await;
+        }
+    }
+}
+
+impl Drop for EmbeddedHub {
+    /// Ends the hub's runtime without blocking (a runtime may not be dropped inside
+    /// another's async context): tasks still there, such as idle keep-alive connections
+    /// or a hub that was never stopped because the run failed, are dropped.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }

@@ -39,7 +39,7 @@ pub struct RunOutcome {
 pub async fn run(args: HttpArgs) -> anyhow::Result<RunOutcome> {
     let resolved = config::resolve(&args)?;
     let embedded = if args.embedded {
-        Some(EmbeddedHub::start(args.data_dir.clone()).await?)
+        Some(EmbeddedHub::start(args.data_dir.clone(), config::cores()).await?)
     } else {
         None
     };

@@ -236,28 +236,31 @@ impl Client {
 
     fn checkin(&self, authority: &str, conn: Conn) {
         let limits = &self.inner.limits;
+        let now = Instant::now();
         let mut pool = self.pool();
         if pool.total >= limits.idle_total_max {
             return;
         }
-        let now = Instant::now();
         let list = match pool.by_host.get_mut(authority) {
             Some(list) => list,
             None => pool.by_host.entry(authority.to_string()).or_default(),
         };
-        // Connections idle too long are at the front (the list is a stack): drop them.
-        let stale = list
+        // Connections idle too long are at the front (the list is a stack): take them out
+        // now and close them after the lock is released.
+        let stale_count = list
             .iter()
             .take_while(|i| now.duration_since(i.since) >= limits.idle_timeout)
             .count();
-        list.drain(..stale);
+        let stale: Vec<Idle> = list.drain(..stale_count).collect();
         let kept = if list.len() < limits.idle_per_host_max {
             list.push(Idle { conn, since: now });
             1
         } else {
             0
         };
-        pool.total = pool.total + kept - stale;
+        pool.total = pool.total + kept - stale.len();
+        drop(pool);
+        drop(stale);
     }
 }
 
@@ -846,6 +849,30 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(120)).await;
         put(&client, s.addr).await.expect("second");
         assert_eq!(s.accepts.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_checkin_closes_connections_idle_too_long() {
+        let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        let s = script(vec![ok; 4], After::KeepOpen).await;
+        let client = Client::new(ClientLimits {
+            idle_timeout: Duration::from_millis(300),
+            ..limits()
+        });
+        let (a, b) = tokio::join!(put(&client, s.addr), put(&client, s.addr));
+        a.and(b).expect("two at once");
+        assert_eq!(client.idle_connections(), 2);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Reuses one connection; the other stays idle and grows old.
+        put(&client, s.addr).await.expect("third");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        put(&client, s.addr).await.expect("fourth");
+        assert_eq!(s.accepts.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            client.idle_connections(),
+            1,
+            "the old idle connection is still kept"
+        );
     }
 
     #[tokio::test]

@@ -37,7 +37,7 @@
 //! first. The number of runs is bounded by merging: at most `FAN_IN - 1` per level between
 //! merges, and levels grow by `FAN_IN` each.
 
-use super::{corrupt, storage_err, CHUNK_BYTES_MAX, SEGMENT_BYTES};
+use super::{corrupt, open_sled, storage_err, CHUNK_BYTES_MAX, SEGMENT_BYTES};
 use crate::command::FinishedTransfer;
 use crate::ids::TransferId;
 use crate::EngineError;
@@ -371,13 +371,13 @@ impl RunCursor {
 
 impl Archive {
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Archive, EngineError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .flush_every_ms(Some(500))
-            .segment_size(SEGMENT_BYTES)
-            .open()
-            .map_err(storage_err)?;
+        let db = open_sled(
+            &sled::Config::new()
+                .path(dir)
+                .cache_capacity(cache_bytes)
+                .flush_every_ms(Some(500))
+                .segment_size(SEGMENT_BYTES),
+        )?;
         let file = File::open(dir.join("db")).map_err(storage_err)?;
         let tree = db.open_tree("runs").map_err(storage_err)?;
         let mut metas: BTreeMap<u64, RunMeta> = BTreeMap::new();
@@ -788,6 +788,18 @@ mod tests {
         archive.add(&[record(5, 50)]).expect("add");
         archive.sync().expect("sync");
         assert_eq!(archive.get(&id(5)).expect("get"), Some(record(5, 90_000)));
+    }
+
+    #[test]
+    fn a_directory_in_use_is_refused_after_a_bounded_wait() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _held = Archive::open(dir.path(), 8 << 20).expect("open");
+        let started = std::time::Instant::now();
+        let refused = Archive::open(dir.path(), 8 << 20).err().expect("a second open");
+        let waited = started.elapsed();
+        assert!(refused.to_string().contains("could not acquire lock"), "{refused}");
+        let bound = std::time::Duration::from_millis(super::super::SLED_LOCK_WAIT_MS_MAX);
+        assert!(waited >= bound && waited < bound * 3, "waited {waited:?}");
     }
 
     #[test]

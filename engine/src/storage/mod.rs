@@ -51,6 +51,14 @@ pub const CHUNK_BYTES_MAX: usize = 64 * 1024;
 pub const SEGMENT_BYTES: usize = 16 * 1024 * 1024;
 /// Largest encoded batch or snapshot, in chunks (4 GiB at 64 KiB per chunk).
 pub const CHUNKS_MAX: usize = 65_535;
+/// How long opening a sled database waits for the file lock of a handle just dropped.
+/// sled lets go of its lock only when its background threads have let go of the
+/// database, a moment after the last handle is dropped, so a reopen in the same process
+/// (a test, or an embedded hub stopped and started again) can find it still held. A lock
+/// still held after this (another process has the directory) refuses the open.
+pub const SLED_LOCK_WAIT_MS_MAX: u64 = 2_000;
+/// Pause between two attempts to take that lock.
+const SLED_LOCK_RETRY_MS: u64 = 10;
 
 const RECORD_MAGIC: u8 = b'W';
 const RECORD_VERSION: u8 = 1;
@@ -161,6 +169,25 @@ fn storage_err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Storage(e.to_string())
 }
 
+/// Opens a sled database, waiting up to [`SLED_LOCK_WAIT_MS_MAX`] for a lock that a
+/// handle dropped a moment ago in this process still holds.
+fn open_sled(config: &sled::Config) -> Result<sled::Db, EngineError> {
+    let mut waited_ms = 0;
+    loop {
+        match config.open() {
+            // sled reports a held lock only as this message (an `Other` IO error).
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && waited_ms < SLED_LOCK_WAIT_MS_MAX =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(SLED_LOCK_RETRY_MS));
+                waited_ms += SLED_LOCK_RETRY_MS;
+            }
+            other => return other.map_err(storage_err),
+        }
+    }
+}
+
 impl Store {
     /// Opens or creates the store under `dir` for `partitions` partitions. A store created
     /// with another partition count is refused: routing depends on it.
@@ -176,13 +203,13 @@ impl Store {
         wal_segment_bytes: u64,
     ) -> Result<Store, EngineError> {
         std::fs::create_dir_all(dir).map_err(storage_err)?;
-        let db = sled::Config::new()
-            .path(dir.join("sled"))
-            .cache_capacity(cache_bytes)
-            .flush_every_ms(Some(500))
-            .segment_size(SEGMENT_BYTES)
-            .open()
-            .map_err(storage_err)?;
+        let db = open_sled(
+            &sled::Config::new()
+                .path(dir.join("sled"))
+                .cache_capacity(cache_bytes)
+                .flush_every_ms(Some(500))
+                .segment_size(SEGMENT_BYTES),
+        )?;
         // fsync acts on the inode, so a second handle on sled's data file syncs its writes.
         let data_file = File::open(dir.join("sled").join("db")).map_err(storage_err)?;
         let meta = db.open_tree("meta").map_err(storage_err)?;

@@ -795,9 +795,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let _held = Archive::open(dir.path(), 8 << 20).expect("open");
         let started = std::time::Instant::now();
-        let refused = Archive::open(dir.path(), 8 << 20).err().expect("a second open");
+        let refused = Archive::open(dir.path(), 8 << 20)
+            .err()
+            .expect("a second open");
         let waited = started.elapsed();
-        assert!(refused.to_string().contains("could not acquire lock"), "{refused}");
+        assert!(
+            refused.to_string().contains("could not acquire lock"),
+            "{refused}"
+        );
         let bound = std::time::Duration::from_millis(super::super::SLED_LOCK_WAIT_MS_MAX);
         assert!(waited >= bound && waited < bound * 3, "waited {waited:?}");
     }

@@ -158,10 +158,6 @@ impl Client {
         }
     }
 
-    pub fn limits(&self) -> &ClientLimits {
-        &self.inner.limits
-    }
-
     /// Idle connections in the pool now (all hosts).
     pub fn idle_connections(&self) -> usize {
         self.pool().total
@@ -296,17 +292,16 @@ async fn exchange(
     conn.stream.write_all(request).await?;
     conn.buf.clear();
     loop {
-        let (status, head_len, framing, keep_alive) =
-            read_head(&mut conn, head_only, limits).await?;
+        let head = read_head(&mut conn, head_only, limits).await?;
+        conn.buf.drain(..head.len);
+        let status = head.status;
         if (100..200).contains(&status) {
             if status == 101 {
                 return Err(ClientError::BadResponse("unexpected protocol switch"));
             }
-            conn.buf.drain(..head_len);
             continue;
         }
-        conn.buf.drain(..head_len);
-        let body = match framing {
+        let body = match head.framing {
             Framing::Length(n) => read_exact_body(&mut conn, n, limits).await?,
             Framing::Chunked => read_chunked_body(&mut conn, limits).await?,
             Framing::UntilClose => {
@@ -316,9 +311,20 @@ async fn exchange(
             }
         };
         // Bytes after the response were never asked for: do not reuse the connection.
-        let reusable = keep_alive && conn.buf.is_empty();
+        let reusable = head.keep_alive && conn.buf.is_empty();
         return Ok((Response { status, body }, reusable.then_some(conn)));
     }
+}
+
+/// A parsed response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Head {
+    status: u16,
+    /// Bytes of the head (status line, headers, blank line) at the buffer's start.
+    len: usize,
+    framing: Framing,
+    /// HTTP/1.1 without `Connection: close` (or HTTP/1.0 with `keep-alive`).
+    keep_alive: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -349,13 +355,12 @@ async fn fill(conn: &mut Conn, bytes_max: usize) -> Result<(), ClientError> {
     Ok(())
 }
 
-/// Reads until a whole response head is buffered; returns the status, the head's length,
-/// how the body is framed and whether the connection may be kept.
+/// Reads until a whole response head is buffered and parses it.
 async fn read_head(
     conn: &mut Conn,
     head_only: bool,
     limits: &ClientLimits,
-) -> Result<(u16, usize, Framing, bool), ClientError> {
+) -> Result<Head, ClientError> {
     loop {
         if !conn.buf.is_empty() {
             if let Some(parsed) = parse_head(&conn.buf, head_only)? {
@@ -367,10 +372,7 @@ async fn read_head(
 }
 
 /// Parses a response head at the start of `buf`: `None` while it is incomplete.
-fn parse_head(
-    buf: &[u8],
-    head_only: bool,
-) -> Result<Option<(u16, usize, Framing, bool)>, ClientError> {
+fn parse_head(buf: &[u8], head_only: bool) -> Result<Option<Head>, ClientError> {
     let mut headers = [httparse::EMPTY_HEADER; RESPONSE_HEADERS_MAX];
     let mut response = httparse::Response::new(&mut headers);
     let head_len = match response.parse(buf) {
@@ -427,7 +429,12 @@ fn parse_head(
     } else {
         Framing::UntilClose
     };
-    Ok(Some((status, head_len, framing, !close)))
+    Ok(Some(Head {
+        status,
+        len: head_len,
+        framing,
+        keep_alive: !close,
+    }))
 }
 
 async fn read_exact_body(
@@ -560,7 +567,7 @@ fn write_head(
     }
     out.extend_from_slice(request.method.as_bytes());
     out.push(b' ');
-    // A path starting with '?' was refused in parse_url; a bare query gets its '/'.
+    // parse_url made the path at least "/" and refused one that starts with '?'.
     out.extend_from_slice(target.path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(target.authority.as_bytes());

@@ -25,6 +25,13 @@
 //! file: in `sync` when a registry entry or epoch was written since the last one, and in
 //! `truncate_batches` before WAL segments behind a snapshot are deleted. Nothing is
 //! released to a client before `sync` returns.
+//!
+//! A failed sync is final. Linux reports a writeback error to one `fdatasync` and lets the
+//! next one succeed although the lost pages are gone, so after any failed write, flush or
+//! fdatasync (of the WAL, of sled in `sync` or `truncate_batches`, or of the archive in
+//! `sync_archive`) the store refuses every later `sync`, `sync_archive`, trim and append
+//! until it is reopened; [`Storage::failed`] says why and since when, so that the runtime
+//! can turn readiness false. A reopen recovers from what really is on disk.
 
 use crate::command::{Command, FinishedTransfer};
 use crate::ids::TransferId;
@@ -34,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 pub mod archive;
 pub mod wal;
@@ -141,6 +149,10 @@ pub trait Storage: Send + Sync + 'static {
     /// fdatasync of the WAL, preceded by a sled flush + fdatasync only when a registry
     /// entry or epoch was written since the last one.
     fn sync(&self) -> Result<(), EngineError>;
+    /// Why the store refuses to make anything durable, if it does: set by the first failed
+    /// write or fdatasync of the WAL or of sled (a batch, a snapshot, the archive) and kept
+    /// until the store is reopened. The runtime turns readiness false on it.
+    fn failed(&self) -> Option<String>;
     /// Real fsyncs issued so far.
     fn fsyncs(&self) -> u64;
     /// Time spent making sled durable (flush + fdatasync) and in the WAL's fdatasync so
@@ -163,6 +175,21 @@ pub struct Store {
     fsyncs: AtomicU64,
     flush_us: AtomicU64,
     fdatasync_us: AtomicU64,
+    /// Test-only fault: the next fdatasync of sled's data file fails without syncing.
+    sled_sync_fault_armed: AtomicBool,
+    /// Set by the first failed flush or fdatasync of sled or of the archive: from then on
+    /// nothing is made durable (the WAL keeps its own reason, see [`wal::Wal::failed`]).
+    sled_failed: Mutex<Option<String>>,
+}
+
+/// Which fdatasync [`Store::inject_sync_failure`] makes fail.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub enum SyncFault {
+    /// The WAL's (group commit, segment roll).
+    Wal,
+    /// sled's data file (snapshots, registry, epochs).
+    Sled,
 }
 
 fn storage_err(e: impl std::fmt::Display) -> EngineError {
@@ -256,20 +283,71 @@ impl Store {
             fsyncs: AtomicU64::new(0),
             flush_us: AtomicU64::new(0),
             fdatasync_us: AtomicU64::new(0),
+            sled_sync_fault_armed: AtomicBool::new(false),
+            sled_failed: Mutex::new(None),
         };
         store.sync()?;
         Ok(store)
     }
 
     /// Makes every sled write so far durable: flush (`sync_file_range`), then fdatasync.
+    /// A failure stops the store (see [`Store::stop`]).
     fn sync_sled(&self) -> Result<(), EngineError> {
+        self.refuse_if_stopped()?;
         let started = std::time::Instant::now();
-        self.db.flush().map_err(storage_err)?;
-        self.data_file.sync_data().map_err(storage_err)?;
+        self.db
+            .flush()
+            .map_err(|e| self.stop(storage_err(format!("flushing sled: {e}"))))?;
+        let synced = if self.sled_sync_fault_armed.swap(false, Ordering::AcqRel) {
+            Err(std::io::Error::other("injected fdatasync failure"))
+        } else {
+            self.data_file.sync_data()
+        };
+        synced.map_err(|e| self.stop(storage_err(format!("syncing sled: {e}"))))?;
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.flush_us
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Records the first failed sled or archive sync. Linux reports a writeback error
+    /// once and may report the next fdatasync as a success although the pages it failed
+    /// to write are gone, so a later success proves nothing: the store never again claims
+    /// durability until it is reopened (and recovery sees what really is on disk).
+    fn stop(&self, e: EngineError) -> EngineError {
+        let mut failed = self.lock_sled_failed();
+        if failed.is_none() {
+            *failed = Some(wal::stopped_since_now(&e));
+            tracing::error!(error = %e, "storage stopped: nothing more is made durable until reopened");
+        }
+        e
+    }
+
+    fn refuse_if_stopped(&self) -> Result<(), EngineError> {
+        match &*self.lock_sled_failed() {
+            Some(reason) => Err(EngineError::Storage(format!("storage stopped {reason}"))),
+            None => Ok(()),
+        }
+    }
+
+    fn lock_sled_failed(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        // An `Option` assignment cannot be left half done: poisoning is ignored.
+        self.sled_failed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Store {
+    /// Test hook: the next fdatasync of the WAL or of sled's data file fails without
+    /// syncing, once, the way Linux reports a writeback error once. Nothing in the engine
+    /// calls it.
+    #[doc(hidden)]
+    pub fn inject_sync_failure(&self, fault: SyncFault) {
+        match fault {
+            SyncFault::Wal => self.wal.inject_sync_failure(),
+            SyncFault::Sled => self.sled_sync_fault_armed.store(true, Ordering::Release),
+        }
     }
 }
 
@@ -388,6 +466,7 @@ impl Storage for Store {
         batch_seq: u64,
         body: &[u8],
     ) -> Result<(), EngineError> {
+        self.refuse_if_stopped()?;
         self.wal.append(partition, batch_seq, body)
     }
 
@@ -457,7 +536,8 @@ impl Storage for Store {
     }
 
     fn sync_archive(&self) -> Result<(), EngineError> {
-        self.archive.sync()
+        self.refuse_if_stopped()?;
+        self.archive.sync().map_err(|e| self.stop(e))
     }
 
     fn finished(&self, transfer_id: &TransferId) -> Result<Option<FinishedTransfer>, EngineError> {
@@ -501,12 +581,11 @@ impl Storage for Store {
     }
 
     fn sync(&self) -> Result<(), EngineError> {
+        // Refused even when sled is clean: a failed sled sync may have lost a registry
+        // entry or an epoch that a client was told is durable.
+        self.refuse_if_stopped()?;
         if self.sled_dirty.swap(false, Ordering::AcqRel) {
-            if let Err(e) = self.sync_sled() {
-                // Still not durable: the next sync must try again.
-                self.sled_dirty.store(true, Ordering::Release);
-                return Err(e);
-            }
+            self.sync_sled()?;
         }
         let started = std::time::Instant::now();
         self.wal.sync()?;
@@ -525,6 +604,15 @@ impl Storage for Store {
 
     fn fsyncs(&self) -> u64 {
         self.fsyncs.load(Ordering::Relaxed)
+    }
+
+    fn failed(&self) -> Option<String> {
+        let sled = self.lock_sled_failed().clone();
+        match (sled, self.wal.failed()) {
+            (Some(sled), Some(wal)) => Some(format!("{sled}; WAL stopped {wal}")),
+            (Some(sled), None) => Some(sled),
+            (None, wal) => wal.map(|wal| format!("WAL stopped {wal}")),
+        }
     }
 }
 
@@ -631,6 +719,62 @@ mod tests {
         store.append_encoded(0, 5, &[0xde, 0xad]).expect("append");
         let error = store.batches_after(0, 0).expect_err("must fail");
         assert!(error.to_string().contains("wal/5"), "{error}");
+    }
+
+    #[test]
+    fn a_failed_sled_sync_fails_every_later_sync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1, 8 << 20).expect("open");
+        assert!(store.failed().is_none());
+        store.registry_put("dfsp/a", b"1").expect("put");
+        store.inject_sync_failure(SyncFault::Sled);
+        let first = store.sync().expect_err("the injected failure");
+        assert!(first.to_string().contains("injected"), "{first}");
+        // The registry entry may be gone although the next fdatasync would succeed.
+        let second = store.sync().expect_err("a failed sync is sticky");
+        assert!(second.to_string().contains("injected"), "{second}");
+        let reason = store.failed().expect("the store reports why it stopped");
+        assert!(
+            reason.contains("injected") && reason.contains("since"),
+            "{reason}"
+        );
+        // Nothing else is made durable either.
+        store
+            .truncate_batches(0, 1)
+            .expect_err("trimming needs a durable sled");
+        store
+            .sync_archive()
+            .expect_err("the archive is not synced either");
+    }
+
+    #[test]
+    fn a_failed_sled_sync_while_trimming_fails_every_later_sync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1, 8 << 20).expect("open");
+        store.inject_sync_failure(SyncFault::Sled);
+        store
+            .truncate_batches(0, 1)
+            .expect_err("the injected failure");
+        store.sync().expect_err("a failed sync is sticky");
+        assert!(store.failed().is_some());
+    }
+
+    #[test]
+    fn a_failed_wal_sync_fails_every_later_sync_and_append() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1, 8 << 20).expect("open");
+        let inputs = [(Command::Tick { now_ms: 1 }, None)];
+        store
+            .append_batch(0, &borrowed(1, &inputs))
+            .expect("append");
+        store.inject_sync_failure(SyncFault::Wal);
+        store.sync().expect_err("the injected failure");
+        store.sync().expect_err("a failed sync is sticky");
+        store
+            .append_batch(0, &borrowed(2, &inputs))
+            .expect_err("appends are refused");
+        let reason = store.failed().expect("the store reports why it stopped");
+        assert!(reason.contains("injected"), "{reason}");
     }
 
     #[test]

@@ -21,14 +21,19 @@
 //!   written after the last `sync` (none of which was acknowledged): it is cut off at open.
 //!   A damaged frame followed by an intact one is not a torn tail: open refuses it as
 //!   corruption, naming the file and offset, rather than dropping acknowledged frames.
-//! * After a failed write the log refuses every further append and sync: a partial frame
-//!   followed by later frames would look like corruption after a restart.
+//! * After a failed write or `fdatasync` the log refuses every further append and sync,
+//!   until it is reopened, with the first error and when it happened ([`Wal::failed`]).
+//!   A partial frame followed by later frames would look like corruption after a restart;
+//!   and Linux reports a writeback error to one `fdatasync` only, marks the pages clean
+//!   and lets the next `fdatasync` succeed although the data never reached the disk, so a
+//!   sync after a failed one proves nothing and must not release a single frame.
 
 use crate::EngineError;
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Default size at which the log rolls to a new segment file.
@@ -61,6 +66,9 @@ pub struct Wal {
     partitions: u32,
     segment_bytes_max: u64,
     inner: Mutex<Inner>,
+    /// Test-only fault: the next fdatasync fails without syncing (see
+    /// [`Wal::inject_sync_failure`]). Off unless a test arms it.
+    sync_fault_armed: AtomicBool,
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> EngineError {
@@ -154,6 +162,32 @@ fn intact_frame_after(bytes: &[u8], from: usize) -> bool {
         .any(|at| matches!(frame_at(bytes, at), At::Intact { .. }))
 }
 
+/// Stops the log after a failed write or sync: keeps the first reason, with when it
+/// happened, and returns the error for the caller.
+fn stop(inner: &mut Inner, e: EngineError) -> EngineError {
+    if inner.failed.is_none() {
+        inner.failed = Some(stopped_since_now(&e));
+        tracing::error!(error = %e, "the WAL stopped: no more appends or syncs until reopened");
+    }
+    e
+}
+
+/// "since unix time {ms} ms: {error}": why and since when storage refuses durability.
+pub(super) fn stopped_since_now(e: &EngineError) -> String {
+    let since_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("since unix time {since_ms} ms: {e}")
+}
+
+/// The error every append and sync returns once the log has stopped.
+fn refuse_if_stopped(inner: &Inner) -> Result<(), EngineError> {
+    match &inner.failed {
+        Some(reason) => Err(EngineError::Storage(format!("WAL stopped {reason}"))),
+        None => Ok(()),
+    }
+}
+
 fn sync_dir(dir: &Path) -> Result<(), EngineError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -197,6 +231,7 @@ impl Wal {
                 covered: vec![0; partitions as usize],
                 failed: None,
             }),
+            sync_fault_armed: AtomicBool::new(false),
         };
         if wal.lock().segments.is_empty() {
             let first = wal.create_segment(1)?;
@@ -335,23 +370,17 @@ impl Wal {
         frame.extend_from_slice(body);
 
         let mut inner = self.lock();
-        if let Some(reason) = &inner.failed {
-            return Err(EngineError::Storage(format!("WAL stopped: {reason}")));
-        }
+        refuse_if_stopped(&inner)?;
         let current = inner.segments.back().expect("a current segment");
         if current.len > 0 && current.len + frame.len() as u64 > self.segment_bytes_max {
             // Roll: the full segment becomes durable before anything goes to the next one.
             let (index, file) = (current.index, current.file.clone());
-            let rolled = file
-                .sync_data()
-                .map_err(|e| io_err("syncing", &self.dir.join(segment_name(index)), e))
+            let rolled = self
+                .sync_segment(index, &file)
                 .and_then(|()| self.create_segment(index + 1));
             match rolled {
                 Ok(next) => inner.segments.push_back(next),
-                Err(e) => {
-                    inner.failed = Some(e.to_string());
-                    return Err(e);
-                }
+                Err(e) => return Err(stop(&mut inner, e)),
             }
         }
         let current = inner.segments.back_mut().expect("a current segment");
@@ -361,8 +390,7 @@ impl Wal {
                 &self.dir.join(segment_name(current.index)),
                 e,
             );
-            inner.failed = Some(e.to_string());
-            return Err(e);
+            return Err(stop(&mut inner, e));
         }
         current.len += frame.len() as u64;
         let slot = &mut current.last_seq[partition as usize];
@@ -376,14 +404,30 @@ impl Wal {
     pub fn sync(&self) -> Result<(), EngineError> {
         let (index, file) = {
             let inner = self.lock();
-            if let Some(reason) = &inner.failed {
-                return Err(EngineError::Storage(format!("WAL stopped: {reason}")));
-            }
+            refuse_if_stopped(&inner)?;
             let current = inner.segments.back().expect("a current segment");
             (current.index, current.file.clone())
         };
-        file.sync_data()
-            .map_err(|e| io_err("syncing", &self.dir.join(segment_name(index)), e))
+        // The lock is not held while the disk works: appends go on meanwhile.
+        self.sync_segment(index, &file)
+            .map_err(|e| stop(&mut self.lock(), e))
+    }
+
+    /// The one place the log calls `fdatasync`.
+    fn sync_segment(&self, index: u64, file: &File) -> Result<(), EngineError> {
+        let result = if self.sync_fault_armed.swap(false, Ordering::AcqRel) {
+            Err(std::io::Error::other("injected fdatasync failure"))
+        } else {
+            file.sync_data()
+        };
+        result.map_err(|e| io_err("syncing", &self.dir.join(segment_name(index)), e))
+    }
+
+    /// Test hook: the next `fdatasync` of the log fails without syncing, once, the way
+    /// Linux reports a writeback error once. Nothing in the engine calls it.
+    #[doc(hidden)]
+    pub fn inject_sync_failure(&self) {
+        self.sync_fault_armed.store(true, Ordering::Release);
     }
 
     /// The frames of `partition` with a batch sequence above `after`, in log order.
@@ -468,6 +512,11 @@ impl Wal {
             std::fs::remove_file(&path).map_err(|e| io_err("deleting", &path, e))?;
         }
         Ok(())
+    }
+
+    /// Why the log refuses to write and sync, if it does (since a failed write or sync).
+    pub fn failed(&self) -> Option<String> {
+        self.lock().failed.clone()
     }
 
     /// Number of segment files (for tests and status).
@@ -633,6 +682,50 @@ mod tests {
         drop(file);
         let error = Wal::open(dir.path(), 1, 300).err().expect("must refuse");
         assert!(matches!(error, EngineError::Corrupt { .. }), "{error}");
+    }
+
+    #[test]
+    fn a_failed_sync_stops_the_log_for_good() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = Wal::open(dir.path(), 1, SEGMENT_BYTES_MAX).expect("open");
+        wal.append(0, 1, &body(1)).expect("append");
+        wal.sync().expect("sync");
+        assert!(wal.failed().is_none());
+        wal.append(0, 2, &body(2)).expect("append");
+        wal.inject_sync_failure();
+        let first = wal.sync().expect_err("the injected failure");
+        assert!(first.to_string().contains("injected"), "{first}");
+        // Linux would now report success although batch 2 may never reach the disk.
+        let second = wal.sync().expect_err("a failed sync is sticky");
+        assert!(
+            second.to_string().contains("injected") && second.to_string().contains("since"),
+            "{second}"
+        );
+        let refused = wal.append(0, 3, &body(3)).expect_err("appends are refused");
+        assert!(refused.to_string().contains("injected"), "{refused}");
+        let reason = wal.failed().expect("the log reports why it stopped");
+        assert!(reason.contains(&segment_name(1)), "{reason}");
+        // Reopening (after the operator checked the disk) starts a fresh log.
+        drop(wal);
+        let wal = Wal::open(dir.path(), 1, SEGMENT_BYTES_MAX).expect("reopen");
+        assert!(wal.failed().is_none());
+        wal.sync().expect("sync after reopen");
+    }
+
+    #[test]
+    fn a_failed_sync_while_rolling_stops_the_log_for_good() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = Wal::open(dir.path(), 1, 300).expect("open");
+        wal.append(0, 1, &body(1)).expect("append");
+        wal.append(0, 2, &body(2)).expect("append");
+        wal.inject_sync_failure();
+        // Batch 3 does not fit: the full segment is synced first, and that fails.
+        wal.append(0, 3, &body(3))
+            .expect_err("the injected failure");
+        assert_eq!(wal.segments(), 1, "no segment after an unsynced one");
+        wal.sync().expect_err("a failed sync is sticky");
+        wal.append(0, 3, &body(3)).expect_err("appends are refused");
+        assert!(wal.failed().is_some());
     }
 
     #[test]

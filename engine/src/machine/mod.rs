@@ -998,54 +998,68 @@ impl PartitionState {
 
     // ----- home side of the headroom protocol -------------------------------------------
 
-    fn bank_mut(&mut self, account: &AccountKey) -> &mut Bank {
-        let partition = self.partition;
-        self.accounts
-            .entry(*account)
-            .or_default()
-            .bank
-            .get_or_insert_with(|| panic!("partition {partition} is not the home of {account:?}"))
+    // Peer messages are input like any other: no message may panic a partition, since the
+    // runtime re-sends an unconfirmed message after every restart and a message that
+    // panics would keep its receiver down for good. In particular an account may be
+    // unknown where a message lands: creation reaches the partitions one by one, so a
+    // slice can exist (and hold headroom, from a payee credit) before its home has a bank.
+    // Every home-side handler therefore looks the bank up with `bank_mut` and answers or
+    // refuses when there is none, never moving headroom out of existence:
+    //
+    // - a borrow is denied (3100), so its parked prepare is refused;
+    // - a return (idle, settle, or a recall answer) creates the bank, exactly as
+    //   `Admin::CreateAccount` would at the home, and adds the amount: the headroom is
+    //   kept, and the creation, when it arrives, keeps the bank it finds;
+    // - a message that reached a partition which is not the account's home (only possible
+    //   if sender and receiver disagree about the routing) is refused (borrow) or passed
+    //   on to the home (return), so headroom never rests where no bank can count it.
+
+    /// The bank of an account, if this partition holds one for it.
+    fn bank_mut(&mut self, account: &AccountKey) -> Option<&mut Bank> {
+        self.accounts.get_mut(account).and_then(|e| e.bank.as_mut())
+    }
+
+    /// Refuses a borrow: the slice refuses the parked prepare it was for.
+    fn deny(
+        &mut self,
+        to: u32,
+        account: AccountKey,
+        transfer_id: TransferId,
+        code: ErrorCode,
+        out: &mut Output,
+    ) {
+        self.send(
+            to,
+            PeerMessage::Deny {
+                account,
+                transfer_id,
+                code,
+            },
+            out,
+        );
     }
 
     fn home_borrow(&mut self, account: AccountKey, request: HomeRequest, out: &mut Output) {
-        assert_eq!(
-            self.home_of(&account),
-            self.partition,
-            "borrow sent to a non-home partition"
-        );
-        if self.accounts.get(&account).is_none_or(|e| e.bank.is_none()) {
-            // Unknown account at its home (never created): refuse the prepare.
-            if let HomeRequest::Borrow {
-                from, transfer_id, ..
-            } = request
-            {
-                self.send(
-                    from,
-                    PeerMessage::Deny {
-                        account,
-                        transfer_id,
-                        code: ErrorCode::Validation,
-                    },
-                    out,
-                );
-            }
+        let HomeRequest::Borrow {
+            from,
+            transfer_id,
+            amount,
+            extra,
+            ..
+        } = request
+        else {
+            unreachable!("only borrows arrive here")
+        };
+        let is_home = self.home_of(&account) == self.partition;
+        let Some(bank) = self.bank_mut(&account).filter(|_| is_home) else {
+            // Not (yet) created at its home, or not the home at all: refuse the prepare.
+            self.deny(from, account, transfer_id, ErrorCode::Validation, out);
             return;
-        }
-        let bank = self.bank_mut(&account);
+        };
         match bank.mode {
             BankMode::Recalling { .. } => bank.queue.push_back(request),
             BankMode::Centralised => self.home_decide(account, request, out),
             BankMode::Distributed => {
-                let HomeRequest::Borrow {
-                    from,
-                    transfer_id,
-                    amount,
-                    extra,
-                    ..
-                } = request
-                else {
-                    unreachable!("only borrows arrive here")
-                };
                 let amount_m = Money::from(amount);
                 if bank.bank >= amount_m {
                     // Grant the amount plus at most half of what would remain, so one slice
@@ -1076,7 +1090,9 @@ impl PartitionState {
 
     fn start_recall(&mut self, account: AccountKey, out: &mut Output) {
         let partitions = self.partitions;
-        let bank = self.bank_mut(&account);
+        let Some(bank) = self.bank_mut(&account) else {
+            return; // no bank, nothing to gather it into
+        };
         bank.round += 1;
         let round = bank.round;
         bank.mode = BankMode::Recalling {
@@ -1097,7 +1113,20 @@ impl PartitionState {
         out: &mut Output,
     ) {
         assert!(amount >= 0, "negative return");
-        let bank = self.bank_mut(&account);
+        let home = self.home_of(&account);
+        if home != self.partition {
+            // Misrouted: pass the headroom on to the home as a plain return (a recall
+            // answer counts only from the partition that was asked).
+            self.send_return(home, account, Money::from(amount), None, out);
+            return;
+        }
+        // The home may not have the bank yet (see above): create it as the creation would.
+        let bank = self
+            .accounts
+            .entry(account)
+            .or_default()
+            .bank
+            .get_or_insert_with(Bank::new);
         bank.bank = checked_add(bank.bank, Money::from(amount));
         let mut complete = false;
         if let (
@@ -1118,9 +1147,11 @@ impl PartitionState {
             let queue = std::mem::take(&mut bank.queue);
             for request in queue {
                 // A decision may have started another round: the rest wait for it.
-                if matches!(self.bank_mut(&account).mode, BankMode::Recalling { .. }) {
-                    self.bank_mut(&account).queue.push_back(request);
-                    continue;
+                if let Some(bank) = self.bank_mut(&account) {
+                    if matches!(bank.mode, BankMode::Recalling { .. }) {
+                        bank.queue.push_back(request);
+                        continue;
+                    }
                 }
                 self.home_decide(account, request, out);
             }
@@ -1139,7 +1170,10 @@ impl PartitionState {
                 since_round,
             } => {
                 let skip_limit_check = self.fault == Fault::SkipLimitCheck;
-                let bank = self.bank_mut(&account);
+                let Some(bank) = self.bank_mut(&account) else {
+                    self.deny(from, account, transfer_id, ErrorCode::Validation, out);
+                    return;
+                };
                 let amount_m = Money::from(amount);
                 if bank.bank < amount_m && !skip_limit_check && bank.round <= since_round {
                     // Not yet proven short: gather once more before refusing.
@@ -1203,7 +1237,9 @@ impl PartitionState {
 
     fn maybe_decentralise(&mut self, account: AccountKey) {
         let pct = self.limits.centralise_exit_pct;
-        let bank = self.bank_mut(&account);
+        let Some(bank) = self.bank_mut(&account) else {
+            return;
+        };
         if bank.mode == BankMode::Centralised && bank.queue.is_empty() {
             let threshold = (bank.limit() * Money::from(pct) / 100).max(1);
             if bank.bank >= threshold {
@@ -1406,7 +1442,9 @@ impl PartitionState {
     /// Applies a limit or position change to the bank (re-validating: the world may have
     /// moved while it waited for a recall round).
     fn apply_decrease(&mut self, account: AccountKey, change: Decrease) -> AdminResult {
-        let bank = self.bank_mut(&account);
+        let Some(bank) = self.bank_mut(&account) else {
+            return Err((ErrorCode::Validation, "unknown account".into()));
+        };
         let before = bank.limit();
         match change {
             Decrease::SetNdc { ndc } => {

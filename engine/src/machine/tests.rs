@@ -255,6 +255,24 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// Delivers `message` to `to` as if `from` had just sent it (its sequence number is
+    /// taken from `from`'s counter, so later real messages are not mistaken for it).
+    fn inject(&mut self, from: u32, to: u32, message: PeerMessage) -> Output {
+        assert!(self.in_flight.is_empty(), "deliver everything first");
+        let slot = &mut self.parts[from as usize].outbound_seq[to as usize];
+        *slot += 1;
+        let seq = *slot;
+        self.apply(to, vec![Command::Peer { from, seq, message }])
+    }
+
+    /// Creates an account on partition `p` only (creation reaches partitions one by one).
+    fn create_on(&mut self, p: u32, account: AccountKey) {
+        let command = self.admin_command(Admin::CreateAccount { account });
+        self.run(p, vec![command]);
+    }
+}
+
 /// The single event of a list, or a panic naming them all.
 fn only(events: &[Event]) -> &Event {
     assert_eq!(events.len(), 1, "expected one event, got {events:?}");
@@ -930,6 +948,165 @@ fn payee_credit_on_a_centralised_slice_goes_back_to_the_bank() {
     assert_eq!(hub.slice(1, &account).headroom, 0);
     assert_eq!(hub.bank(&account).bank, 300);
     assert_eq!(hub.account(&account), (-300, 1_000, 1_000));
+}
+
+// ----- peer messages for accounts a partition does not know ----------------------------
+
+/// Creation reached partition 2 but not yet the home (0): a payee credit on 2 gives the
+/// slice headroom, and its idle return reaches a home with no bank. The home keeps the
+/// headroom (it creates the bank, as the creation will) instead of panicking.
+#[test]
+fn idle_return_to_a_home_that_has_no_bank_yet_keeps_the_headroom() {
+    let partitions = 4;
+    let mut hub = Hub::new(partitions);
+    let late = usd(&name_homed_at(0, partitions, "late"));
+    hub.open_account(usd("dfsp2"), 0, 10_000, 10_000);
+    hub.create_on(2, late);
+    let n = id_on(2, partitions, 1);
+    let events = hub.run(2, vec![hub.prepare(n, "dfsp2", late.fsp.as_str(), 300)]);
+    assert!(
+        matches!(only(&events), Event::Reserved { .. }),
+        "{events:?}"
+    );
+    let events = hub.run(2, vec![hub.fulfil(n, late.fsp.as_str())]);
+    assert!(
+        matches!(only(&events), Event::Committed { .. }),
+        "{events:?}"
+    );
+    assert_eq!(hub.slice(2, &late).headroom, 300);
+    assert!(
+        !hub.parts[0].accounts.contains_key(&late),
+        "unknown at home"
+    );
+
+    hub.now_ms += hub.parts[2].limits().idle_return_ms;
+    let out = hub.apply(2, vec![Command::Tick { now_ms: hub.now_ms }]);
+    let returns: Vec<&Outgoing> = out
+        .messages
+        .iter()
+        .filter(|m| matches!(m.message, PeerMessage::Return { account, .. } if account == late))
+        .collect();
+    assert!(matches!(
+        returns.as_slice(),
+        [Outgoing {
+            to: 0,
+            message: PeerMessage::Return {
+                amount: 300,
+                round: None,
+                ..
+            },
+            ..
+        }]
+    ));
+    let events = hub.deliver_all();
+    assert!(events.is_empty(), "a return is not answered: {events:?}");
+    assert_eq!(hub.bank(&late).bank, 300, "the headroom reached the bank");
+    assert_eq!(hub.slice(2, &late).headroom, 0);
+    // bank + Σ slice headroom == limit − position − reserved: 300 == 0 − (−300) − 0.
+    assert_eq!(hub.account(&late), (-300, 0, 0));
+
+    // The creation then reaches the home: it keeps the bank, and the account carries on.
+    hub.create_on(0, late);
+    assert_eq!(hub.bank(&late).bank, 300);
+    let limits = Admin::InitialPositionAndLimits {
+        account: late,
+        position: 0,
+        ndc: 1_000,
+    };
+    assert_eq!(hub.admin(late, limits), None);
+    assert_eq!(hub.account(&late), (-300, 0, 0), "no cover yet: limit 0");
+}
+
+/// A borrow for an account its home does not know is refused, whichever partition it
+/// reached; the parked prepare is refused with 3100 and nothing is reserved.
+#[test]
+fn borrow_for_an_account_unknown_at_the_home_is_denied() {
+    let partitions = 4;
+    let mut hub = Hub::new(partitions);
+    let late = usd(&name_homed_at(0, partitions, "late"));
+    hub.open_account(usd("dfsp2"), 0, 10_000, 10_000);
+    hub.create_on(2, late);
+    let n = id_on(2, partitions, 1);
+    let out = hub.apply(2, vec![hub.prepare(n, late.fsp.as_str(), "dfsp2", 100)]);
+    assert!(out.events.is_empty(), "parked while borrowing");
+    let answer = hub.deliver_one().expect("the borrow reaches the home");
+    assert!(matches!(
+        answer.messages.as_slice(),
+        [Outgoing {
+            to: 2,
+            message: PeerMessage::Deny {
+                code: ErrorCode::Validation,
+                ..
+            },
+            ..
+        }]
+    ));
+    let events = hub.deliver_all();
+    assert_eq!(refusal_code(&events), ErrorCode::Validation);
+    assert_eq!(hub.slice(2, &late).reserved, 0);
+    assert!(hub.parts[2].transfers.is_empty());
+
+    // A borrow that reaches a partition which is not the account's home is refused too.
+    let borrow = PeerMessage::Borrow {
+        account: usd("dfsp2"),
+        transfer_id: tid(77),
+        amount: 10,
+        extra: 0,
+    };
+    let not_home = (home_of(&usd("dfsp2"), partitions) + 1) % partitions;
+    let from = (not_home + 1) % partitions;
+    let out = hub.inject(from, not_home, borrow);
+    assert!(matches!(
+        out.messages.as_slice(),
+        [Outgoing {
+            message: PeerMessage::Deny {
+                code: ErrorCode::Validation,
+                ..
+            },
+            ..
+        }]
+    ));
+    hub.deliver_all();
+    hub.account(&usd("dfsp2"));
+}
+
+/// A recall answer (a return with a round) for an account the home does not know: the
+/// headroom is kept in a new bank, no round is in progress, nothing else happens.
+#[test]
+fn recall_answer_for_an_account_unknown_at_the_home_is_kept() {
+    let partitions = 2;
+    let mut hub = Hub::new(partitions);
+    let late = usd(&name_homed_at(0, partitions, "late"));
+    let answer = PeerMessage::Return {
+        account: late,
+        amount: 40,
+        round: Some(1),
+    };
+    let out = hub.inject(1, 0, answer);
+    assert!(out.events.is_empty() && out.messages.is_empty(), "{out:?}");
+    let bank = hub.bank(&late);
+    assert_eq!(bank.bank, 40);
+    assert_eq!(bank.mode, BankMode::Distributed);
+    assert_eq!(bank.round, 0);
+    // A recall reaching a partition that does not know the account answers with nothing.
+    let recall = PeerMessage::Recall {
+        account: usd("stranger"),
+        round: 1,
+    };
+    let stranger_home = home_of(&usd("stranger"), partitions);
+    let out = hub.inject(stranger_home, 1 - stranger_home, recall);
+    assert!(matches!(
+        out.messages.as_slice(),
+        [Outgoing {
+            message: PeerMessage::Return {
+                amount: 0,
+                round: Some(1),
+                ..
+            },
+            ..
+        }]
+    ));
+    hub.deliver_all();
 }
 
 // ----- determinism ------------------------------------------------------------------------

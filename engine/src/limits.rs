@@ -32,6 +32,10 @@ pub struct Limits {
     pub peer_lane_capacity: usize,
     /// Capacity of the event channel to the notifier.
     pub events_capacity: usize,
+    /// Results one partition keeps until its event consumer acknowledges them (the
+    /// outbox, also written into snapshots so that a crash loses none); past it the
+    /// oldest are shed, so a consumer that stopped costs bounded memory.
+    pub outbox_events_max: usize,
     /// Out-of-order peer messages one partition tolerates per sender.
     pub peer_reorder_window_max: usize,
     /// sled page cache, in bytes.
@@ -63,6 +67,7 @@ impl Default for Limits {
             finished_cache_max: 1_000_000,
             peer_lane_capacity: 1 << 20,
             events_capacity: 65_536,
+            outbox_events_max: 65_536,
             peer_reorder_window_max: 100_000,
             sled_cache_bytes: 256 * 1024 * 1024,
             wal_segment_bytes: crate::storage::wal::SEGMENT_BYTES_MAX,

@@ -4,7 +4,7 @@
 use engine::command::{Admin, Command, ErrorCode, Event, Fulfil, Prepare, TransferState};
 use engine::ids::{AccountKey, Currency, FspId, TransferId};
 use engine::limits::Limits;
-use engine::runtime::{now_ms, Hub, HubConfig, SubmitError};
+use engine::runtime::{now_ms, Delivery, Hub, HubConfig, SubmitError};
 use engine::storage::{Storage, Store};
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -33,7 +33,7 @@ fn limits() -> Limits {
     }
 }
 
-fn open(dir: &Path, limits: Limits) -> (Hub, Receiver<Event>) {
+fn open(dir: &Path, limits: Limits) -> (Hub, Receiver<Delivery>) {
     Hub::open(HubConfig {
         data_dir: dir.to_path_buf(),
         partitions: PARTITIONS,
@@ -70,12 +70,13 @@ async fn provision(hub: &Hub, name: &str, ndc: i64, funds: i64, n: u64) {
 }
 
 /// Waits for the next event about `transfer`, skipping others.
-async fn next_about(events: &mut Receiver<Event>, transfer: TransferId) -> Event {
+async fn next_about(events: &mut Receiver<Delivery>, transfer: TransferId) -> Event {
     loop {
         let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
             .await
             .expect("an event within 10 s")
-            .expect("event stream open");
+            .expect("event stream open")
+            .into_event();
         if event.transfer_id() == Some(transfer) {
             return event;
         }
@@ -111,7 +112,7 @@ fn fulfil(n: u64, payee: &str, fulfilment: [u8; 32]) -> Fulfil {
 /// The payee fulfils transfer `n` at `now_ms`; the commit event must follow.
 async fn fulfil_and_expect_commit(
     hub: &Hub,
-    events: &mut Receiver<Event>,
+    events: &mut Receiver<Delivery>,
     now_ms: i64,
     n: u64,
     fulfilment: [u8; 32],
@@ -343,7 +344,8 @@ async fn concurrent_prepares_use_exactly_the_headroom() {
             let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
                 .await
                 .expect("event")
-                .expect("open");
+                .expect("open")
+                .into_event();
             match event {
                 Event::Reserved { .. } => reserved += 1,
                 Event::PrepareRefused { code, .. } => refused.push(code),

@@ -21,6 +21,7 @@ use crate::metrics::{CallbackOutcome, Metrics};
 use crate::registry::{Registry, TRANSFER_ERROR, TRANSFER_POST, TRANSFER_PUT};
 use engine::command::{ErrorCode, Event, TransferState};
 use engine::ids::FspId;
+use engine::runtime::{AckToken, Delivery};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -68,17 +69,31 @@ impl Notifier {
         })
     }
 
-    /// Consumes the event stream until it ends (engine shutdown).
-    pub async fn run(self: Arc<Self>, mut events: mpsc::Receiver<Event>) {
-        while let Some(event) = events.recv().await {
-            for callback in self.callbacks_for(&event) {
-                self.dispatch(callback).await;
+    /// Consumes the event stream until it ends (engine shutdown). Each event stays
+    /// unacknowledged in the engine's outbox (published again after a crash) until every
+    /// callback made of it is delivered or finally given up: each callback task holds a
+    /// token of it.
+    pub async fn run(self: Arc<Self>, mut events: mpsc::Receiver<Delivery>) {
+        while let Some(delivery) = events.recv().await {
+            for callback in self.callbacks_for(&delivery.event) {
+                self.dispatch_acknowledged(callback, Some(delivery.token()))
+                    .await;
             }
         }
     }
 
     /// Sends a callback in the background (waits only for a slot: back-pressure).
     pub async fn dispatch(self: &Arc<Self>, callback: Option<Callback>) {
+        self.dispatch_acknowledged(callback, None).await
+    }
+
+    /// As [`Notifier::dispatch`], holding `token` (the engine event the callback comes
+    /// from) until the callback is delivered or given up.
+    async fn dispatch_acknowledged(
+        self: &Arc<Self>,
+        callback: Option<Callback>,
+        token: Option<AckToken>,
+    ) {
         let Some(callback) = callback else {
             self.metrics.callback(CallbackOutcome::NoEndpoint, None);
             return;
@@ -102,7 +117,7 @@ impl Notifier {
         };
         let this = self.clone();
         tokio::spawn(async move {
-            let _permits = (permit, dfsp_permit);
+            let _held = (permit, dfsp_permit, token);
             this.deliver(callback).await;
         });
     }

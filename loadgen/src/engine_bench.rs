@@ -217,8 +217,9 @@ async fn run_async(args: EngineArgs) -> anyhow::Result<()> {
     let router = {
         let shared = shared.clone();
         tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                let outcome = match &event {
+            while let Some(delivery) = events.recv().await {
+                let event = &*delivery.event;
+                let outcome = match event {
                     Event::Reserved { .. } => Outcome::Reserved,
                     Event::Committed { .. } => Outcome::Committed,
                     Event::PrepareRefused { code, .. } => Outcome::Refused(code.code()),

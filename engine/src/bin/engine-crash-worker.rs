@@ -184,7 +184,7 @@ async fn run(dir: PathBuf, seed: u64) -> Result<(), String> {
         let Some(event) = events.recv().await else {
             return Err("event stream closed".into());
         };
-        let line = match &event {
+        let line = match &*event.event {
             Event::Reserved { parties, .. } => {
                 // Two in three are fulfilled, the rest rejected by the payee.
                 let command = if next() % 3 == 0 {

@@ -36,7 +36,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{error, info, info_span, Instrument};
+use tracing::{error, info, info_span, warn, Instrument};
+
+mod outbox;
+pub use outbox::{AckToken, Delivery};
+use outbox::{Acks, Outbox};
 
 /// Configuration of an in-process hub engine.
 #[derive(Debug, Clone)]
@@ -104,6 +108,8 @@ struct Stats {
     last_batch_size: AtomicU64,
     parked: AtomicUsize,
     tick_pending: AtomicBool,
+    /// Results released but not yet acknowledged by the event consumer.
+    outbox_pending: AtomicUsize,
     stopped: Mutex<Option<String>>,
 }
 
@@ -122,6 +128,11 @@ pub struct EngineMetrics {
     pub sled_flush_us_total: u64,
     /// Time the syncer spent in the WAL's fdatasync, microseconds.
     pub fdatasync_us_total: u64,
+    /// Results released and not yet acknowledged by the event consumer, all partitions.
+    pub outbox_events: u64,
+    /// Results shed because an outbox was over `outbox_events_max` (a consumer far
+    /// behind); the DFSP can still GET the transfer.
+    pub events_shed: u64,
 }
 
 struct ClientRequest {
@@ -165,6 +176,9 @@ struct Shared {
     /// to this sequence number.
     confirmed: Vec<AtomicU64>,
     admin_waiters: AdminWaiters,
+    /// `acks[p]`: event sequence numbers of partition p its consumer has finished with.
+    acks: Vec<Arc<Acks>>,
+    events_shed: AtomicU64,
     next_request_id: AtomicU64,
     shutting_down: AtomicBool,
     syncer: mpsc::Sender<SyncMsg>,
@@ -233,7 +247,7 @@ pub fn now_ms() -> TimestampMs {
 impl Hub {
     /// Opens (or recovers) the data directory and starts one actor per partition. Must be
     /// called inside a tokio runtime. Returns the event stream the notifier consumes.
-    pub fn open(config: HubConfig) -> Result<(Hub, mpsc::Receiver<Event>), EngineError> {
+    pub fn open(config: HubConfig) -> Result<(Hub, mpsc::Receiver<Delivery>), EngineError> {
         if sharding::PartitionCount::new(config.partitions).is_none() {
             return Err(EngineError::Config(format!(
                 "partitions must be 1..={}, got {}",
@@ -256,7 +270,7 @@ impl Hub {
         store: Arc<dyn Storage>,
         partitions: u32,
         limits: Limits,
-    ) -> Result<(Hub, mpsc::Receiver<Event>), EngineError> {
+    ) -> Result<(Hub, mpsc::Receiver<Delivery>), EngineError> {
         let n = partitions as usize;
         // 1. Recover every partition before any actor runs.
         // A partition that cannot recover (say, a corrupt record) stays stopped with the
@@ -306,6 +320,8 @@ impl Hub {
             stats: (0..n).map(|_| Stats::default()).collect(),
             confirmed,
             admin_waiters: Arc::new(Mutex::new(HashMap::new())),
+            acks: (0..n).map(|_| Arc::new(Acks::default())).collect(),
+            events_shed: AtomicU64::new(0),
             next_request_id: AtomicU64::new((now_ms() as u64) << 16),
             shutting_down: AtomicBool::new(false),
             syncer: sync_tx,
@@ -424,6 +440,8 @@ impl Hub {
                 shared: shared.clone(),
                 state: rec.state,
                 unconfirmed: rec.unconfirmed,
+                outbox: rec.outbox,
+                acks: shared.acks[p].clone(),
                 finished_cache: HashMap::new(),
                 finished_order: VecDeque::new(),
                 events: events_tx.clone(),
@@ -432,9 +450,8 @@ impl Hub {
                 query_rx,
                 last_snapshot_batch: rec.snapshot_batch,
             };
-            let republish = rec.republish;
             let span = info_span!("partition", partition = p, epoch = epoch);
-            tasks.push(tokio::spawn(actor.run(republish).instrument(span)));
+            tasks.push(tokio::spawn(actor.run().instrument(span)));
         }
         // 6. The ticker: expiry and idle returns.
         let ticker = hub.clone();
@@ -674,6 +691,12 @@ impl Hub {
             denials: s.denials.load(Ordering::Relaxed),
             sled_flush_us_total: store.sync_time_us().0,
             fdatasync_us_total: store.sync_time_us().1,
+            outbox_events: s
+                .stats
+                .iter()
+                .map(|st| st.outbox_pending.load(Ordering::Relaxed) as u64)
+                .sum(),
+            events_shed: s.events_shed.load(Ordering::Relaxed),
         }
     }
 
@@ -959,7 +982,9 @@ fn load_filters(
 struct Recovered {
     state: PartitionState,
     unconfirmed: BTreeMap<(u32, u64), Outgoing>,
-    republish: Vec<Event>,
+    /// The snapshot's unacknowledged results plus those of the replayed batches: all
+    /// published again (callbacks are at least once).
+    outbox: Outbox,
     snapshot_batch: u64,
 }
 
@@ -972,7 +997,7 @@ fn recover(
     partitions: u32,
     limits: &Limits,
 ) -> Result<Recovered, EngineError> {
-    let (mut state, mut unconfirmed, snapshot_batch) =
+    let (mut state, mut unconfirmed, mut outbox, snapshot_batch) =
         match store.load_snapshot(partition)? {
             Some(snapshot) => {
                 let state = PartitionState::from_snapshot(&snapshot.state, limits.clone())
@@ -988,6 +1013,7 @@ fn recover(
                         detail: "belongs to another partition".into(),
                     });
                 }
+                let outbox = restore_outbox(partition, limits, &snapshot)?;
                 let unconfirmed = snapshot
                     .unconfirmed
                     .into_iter()
@@ -995,15 +1021,15 @@ fn recover(
                     .collect();
                 store.archive(&snapshot.unarchived)?;
                 store.sync_archive()?;
-                (state, unconfirmed, snapshot.batch_seq)
+                (state, unconfirmed, outbox, snapshot.batch_seq)
             }
             None => (
                 PartitionState::new(partition, partitions, limits.clone()),
                 BTreeMap::new(),
+                Outbox::restore(limits.outbox_events_max, 0, Vec::new()),
                 0,
             ),
         };
-    let mut republish = Vec::new();
     for record in store.batches_after(partition, state.batch_seq)? {
         if record.batch_seq != state.batch_seq + 1 {
             return Err(EngineError::Corrupt {
@@ -1022,12 +1048,11 @@ fn recover(
             unconfirmed.insert((message.to, message.seq), message);
         }
         store.archive(&output.finished)?;
-        republish.extend(
-            output
-                .events
-                .into_iter()
-                .filter(|e| !matches!(e, Event::AdminDone { .. })),
-        );
+        for event in output.events {
+            if !matches!(event, Event::AdminDone { .. }) {
+                outbox.push(event);
+            }
+        }
     }
     store.sync_archive()?;
     state.audit();
@@ -1035,9 +1060,35 @@ fn recover(
     Ok(Recovered {
         state,
         unconfirmed,
-        republish,
+        outbox,
         snapshot_batch,
     })
+}
+
+/// The outbox a snapshot recorded, checked: its events are numbered below its next
+/// number, in order.
+fn restore_outbox(
+    partition: u32,
+    limits: &Limits,
+    snapshot: &SnapshotRecord,
+) -> Result<Outbox, EngineError> {
+    let ordered = snapshot.outbox.windows(2).all(|w| w[0].0 < w[1].0)
+        && snapshot
+            .outbox
+            .last()
+            .is_none_or(|(seq, _)| *seq < snapshot.next_event_seq);
+    if !ordered {
+        return Err(EngineError::Corrupt {
+            partition,
+            what: format!("snap/{}", snapshot.batch_seq),
+            detail: "outbox events out of order".into(),
+        });
+    }
+    Ok(Outbox::restore(
+        limits.outbox_events_max,
+        snapshot.next_event_seq,
+        snapshot.outbox.clone(),
+    ))
 }
 
 struct Actor {
@@ -1054,10 +1105,13 @@ struct Actor {
     state: PartitionState,
     /// Messages sent whose receiver has not yet made them durable (re-sent after a crash).
     unconfirmed: BTreeMap<(u32, u64), Outgoing>,
+    /// Released results not yet acknowledged by the event consumer (see `outbox`).
+    outbox: Outbox,
+    acks: Arc<Acks>,
     /// Finished transfers not yet known to be archived, for duplicate checks and GET.
     finished_cache: HashMap<TransferId, FinishedTransfer>,
     finished_order: VecDeque<(u64, Vec<TransferId>)>,
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<Delivery>,
     client_rx: mpsc::Receiver<ClientRequest>,
     peer_rx: mpsc::Receiver<Command>,
     query_rx: mpsc::Receiver<Query>,
@@ -1073,6 +1127,10 @@ struct InFlight {
     replies: Vec<oneshot::Sender<()>>,
     /// Read answers computed from a state that includes this batch.
     answers: Vec<Answer>,
+    /// How far this partition had applied each sender's messages once this batch was
+    /// applied (`inbound` watermarks): published as confirmations at its release, never
+    /// the live state, which may include messages of later batches not yet durable.
+    confirms: Vec<(u32, u64)>,
     requested: std::time::Instant,
 }
 
@@ -1103,7 +1161,7 @@ impl Answer {
 const PIPELINE_DEPTH_MAX: usize = 2;
 
 impl Actor {
-    async fn run(mut self, republish: Vec<Event>) {
+    async fn run(mut self) {
         // Re-send what the receivers may not have made durable before the restart.
         for message in self.unconfirmed.values() {
             if let Err(e) = self.deliver(message) {
@@ -1111,15 +1169,11 @@ impl Actor {
                 return;
             }
         }
-        for event in republish {
-            if self.events.send(event).await.is_err() {
-                break;
-            }
-        }
         let batch_max = self.shared.limits.batch_size_max.max(1);
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         loop {
             let stopping = self.shared.shutting_down.load(Ordering::Relaxed);
+            self.dispatch_events();
             let mut commands: Vec<Command> = Vec::new();
             let mut replies: Vec<oneshot::Sender<()>> = Vec::new();
             while commands.len() < batch_max {
@@ -1393,6 +1447,12 @@ impl Actor {
             output,
             replies,
             answers: Vec::new(),
+            confirms: self
+                .state
+                .inbound
+                .iter()
+                .map(|(from, inbound)| (*from, inbound.watermark))
+                .collect(),
             requested: std::time::Instant::now(),
         })
     }
@@ -1406,6 +1466,7 @@ impl Actor {
             output,
             replies,
             answers,
+            confirms,
             requested,
         } = entry;
         done.await
@@ -1429,7 +1490,7 @@ impl Actor {
         self.shared
             .denials
             .fetch_add(output.denials.len() as u64, Ordering::Relaxed);
-        self.publish_confirmations();
+        self.publish_confirmations(&confirms);
         for message in output.messages {
             self.deliver(&message)?;
             self.unconfirmed.insert((message.to, message.seq), message);
@@ -1459,6 +1520,7 @@ impl Actor {
         for answer in answers {
             answer.send();
         }
+        let mut shed = 0;
         for event in output.events {
             if let Event::AdminDone {
                 request_id,
@@ -1471,10 +1533,18 @@ impl Actor {
                 }
                 continue;
             }
-            if self.events.send(event).await.is_err() {
-                return Err(EngineError::ShuttingDown);
-            }
+            shed += self.outbox.push(event);
         }
+        if shed > 0 {
+            self.shared.events_shed.fetch_add(shed, Ordering::Relaxed);
+            warn!(
+                partition = self.partition,
+                shed,
+                bound = self.shared.limits.outbox_events_max,
+                "results shed: the event consumer is too far behind"
+            );
+        }
+        self.dispatch_events();
         self.trim_finished_cache();
         // Over its bound, the cache waits for the archiver instead of growing: this
         // partition slows down (its mailbox fills and answers "overloaded").
@@ -1508,12 +1578,36 @@ impl Actor {
         }
     }
 
-    /// Tells senders how far this partition has durably applied their messages.
-    fn publish_confirmations(&mut self) {
+    /// Hands released results to the event consumer, as many as its channel takes now;
+    /// the rest stay in the outbox for the next turn (the ledger never waits for it).
+    fn dispatch_events(&mut self) {
+        outbox::take_acks(&mut self.outbox, &self.acks);
+        while let Some((seq, event)) = self.outbox.next_to_dispatch() {
+            match self.events.try_reserve() {
+                Ok(permit) => {
+                    permit.send(outbox::delivery(self.partition, seq, event, &self.acks));
+                    self.outbox.dispatched(seq);
+                }
+                Err(mpsc::error::TrySendError::Full(())) => break,
+                Err(mpsc::error::TrySendError::Closed(())) => {
+                    // Nobody consumes results (the consumer is gone): nothing to keep.
+                    self.outbox.dispatched(seq);
+                    self.outbox.ack(seq);
+                }
+            }
+        }
+        self.shared.stats[self.partition as usize]
+            .outbox_pending
+            .store(self.outbox.pending(), Ordering::Relaxed);
+    }
+
+    /// Tells senders how far this partition has durably applied their messages:
+    /// `confirms` are the watermarks as of the batch just made durable.
+    fn publish_confirmations(&mut self, confirms: &[(u32, u64)]) {
         let n = self.shared.partitions as usize;
-        for (from, inbound) in &self.state.inbound {
+        for (from, watermark) in confirms {
             self.shared.confirmed[self.partition as usize * n + *from as usize]
-                .store(inbound.watermark, Ordering::Release);
+                .store(*watermark, Ordering::Release);
         }
         let confirmed = &self.shared.confirmed;
         let me = self.partition as usize;
@@ -1543,6 +1637,8 @@ impl Actor {
             unconfirmed: self.unconfirmed.values().cloned().collect(),
             // Finished transfers the archiver may not have written yet: recovery writes them.
             unarchived: self.finished_cache.values().cloned().collect(),
+            outbox: self.outbox.pending_events(),
+            next_event_seq: self.outbox.next_seq(),
         };
         self.store.write_snapshot(self.partition, &snapshot)?;
         // Full queue: skip; the next snapshot's trim covers these records too.

@@ -103,6 +103,11 @@ pub struct SnapshotRecord {
     pub unconfirmed: Vec<Outgoing>,
     /// Finished transfers not yet known to be archived when the snapshot was taken.
     pub unarchived: Vec<FinishedTransfer>,
+    /// Results published but not yet acknowledged by the event consumer (the outbox),
+    /// by event sequence number: recovery publishes them again.
+    pub outbox: Vec<(u64, crate::command::Event)>,
+    /// Sequence number the partition's next event gets.
+    pub next_event_seq: u64,
 }
 
 /// What the runtime needs from durable storage. The implementation is [`Store`] (a file
@@ -672,6 +677,8 @@ mod tests {
                 state: vec![seq as u8; 3 << 20],
                 unconfirmed: Vec::new(),
                 unarchived: Vec::new(),
+                outbox: Vec::new(),
+                next_event_seq: 0,
             };
             store.write_snapshot(0, &snapshot).expect("snapshot");
             store.truncate_batches(0, seq).expect("sync sled");
@@ -693,6 +700,8 @@ mod tests {
             state: vec![7; 3 * CHUNK_BYTES_MAX],
             unconfirmed: Vec::new(),
             unarchived: Vec::new(),
+            outbox: Vec::new(),
+            next_event_seq: 0,
         };
         store.write_snapshot(0, &snapshot).expect("snapshot");
         store.snap[0].remove(chunk_key(1, 1)).expect("remove");

@@ -1325,17 +1325,8 @@ impl PartitionState {
                 funds_id,
             } => self.home_admin(request_id, account, out, |bank| {
                 check_positive(amount)?;
-                match bank.funds.get(&funds_id) {
-                    Some(FundsRecord::OutReserved { amount: seen }) if *seen == amount => {
-                        return Ok(Change::Nothing)
-                    }
-                    Some(_) => {
-                        return Err((
-                            ErrorCode::ModifiedRequest,
-                            "funds transfer id already used".into(),
-                        ))
-                    }
-                    None => {}
+                if let Some(seen) = funds_out_seen(bank, funds_id, amount) {
+                    return seen.map(|()| Change::Nothing);
                 }
                 if bank.cover() < Money::from(amount) {
                     return Err((
@@ -1461,14 +1452,16 @@ impl PartitionState {
                 bank.bank = checked_add(bank.bank, bank.limit() - before - Money::from(position));
             }
             Decrease::FundsOutReserve { amount, funds_id } => {
+                // Checked again: another request with this id may have been applied while
+                // this one waited for its recall round.
+                if let Some(seen) = funds_out_seen(bank, funds_id, amount) {
+                    return seen;
+                }
                 if bank.cover() < Money::from(amount) {
                     return Err((
                         ErrorCode::PayerLiquidity,
                         "insufficient settlement funds".into(),
                     ));
-                }
-                if bank.funds.contains_key(&funds_id) {
-                    return Ok(());
                 }
                 bank.funds_out_reserved = checked_add(bank.funds_out_reserved, Money::from(amount));
                 bank.bank = checked_add(bank.bank, bank.limit() - before);
@@ -1504,12 +1497,14 @@ impl PartitionState {
             inbound: self.inbound.iter().map(|(k, v)| (*k, v.clone())).collect(),
             outbound_seq: self.outbound_seq.clone(),
         };
-        crate::codec::encode(&snapshot).expect("in-memory state serialises")
+        crate::codec::encode_record(crate::codec::RecordKind::PartitionState, &snapshot)
+            .expect("in-memory state serialises")
     }
 
     pub fn from_snapshot(bytes: &[u8], limits: Limits) -> Result<PartitionState, SnapshotError> {
         let snapshot: Snapshot =
-            crate::codec::decode(bytes).map_err(|e| SnapshotError(e.to_string()))?;
+            crate::codec::decode_record(crate::codec::RecordKind::PartitionState, bytes)
+                .map_err(|e| SnapshotError(e.to_string()))?;
         if snapshot.version != SNAPSHOT_VERSION {
             return Err(SnapshotError(format!(
                 "unknown snapshot version {}",
@@ -1619,6 +1614,26 @@ fn check_positive(amount: i64) -> Result<(), (ErrorCode, String)> {
         ));
     }
     Ok(())
+}
+
+/// Idempotency of a funds-out reserve, as for transfers: `None` when the funds id is new;
+/// `Some(Ok)` when it was used by a reserve of the same amount (whatever became of it
+/// since: a resend changes nothing); `Some(Err(3106))` when it was used with another body
+/// (another amount, or a funds-in).
+fn funds_out_seen(bank: &Bank, funds_id: TransferId, amount: i64) -> Option<AdminResult> {
+    let seen = match bank.funds.get(&funds_id)? {
+        FundsRecord::In { .. } => None,
+        FundsRecord::OutReserved { amount: seen }
+        | FundsRecord::OutCommitted { amount: seen }
+        | FundsRecord::OutAborted { amount: seen } => Some(*seen),
+    };
+    if seen == Some(amount) {
+        return Some(Ok(()));
+    }
+    Some(Err((
+        ErrorCode::ModifiedRequest,
+        "funds transfer id already used".into(),
+    )))
 }
 
 fn admin_done(request_id: u64, result: AdminResult) -> Event {

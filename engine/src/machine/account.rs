@@ -12,7 +12,7 @@
 //! past its limit while the bank is not negative (and the bank goes negative only while
 //! every slice is centralised, holding nothing).
 
-use crate::command::{BodyHash, Prepare, TimestampMs};
+use crate::command::{Admin, BodyHash, Prepare, TimestampMs};
 use crate::ids::TransferId;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -82,6 +82,19 @@ pub enum HomeRequest {
     },
     /// An admin change that lowers headroom: applied once all headroom is gathered.
     Decrease { request_id: u64, change: Decrease },
+    /// A later admin change of the account, waiting behind an earlier one so that the
+    /// changes apply and are acknowledged in arrival order; evaluated when its turn comes.
+    Admin { request_id: u64, admin: Admin },
+}
+
+impl HomeRequest {
+    /// An admin change (as opposed to a borrow).
+    pub fn is_admin(&self) -> bool {
+        match self {
+            HomeRequest::Borrow { .. } => false,
+            HomeRequest::Decrease { .. } | HomeRequest::Admin { .. } => true,
+        }
+    }
 }
 
 /// Admin changes that lower an account's headroom.

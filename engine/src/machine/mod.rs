@@ -1231,6 +1231,8 @@ impl PartitionState {
                 let result = self.apply_decrease(account, change);
                 out.events.push(admin_done(request_id, result));
             }
+            // Its turn has come: evaluated now, and it may itself wait for a round.
+            HomeRequest::Admin { request_id, admin } => self.admin_now(request_id, admin, out),
         }
         self.maybe_decentralise(account);
     }
@@ -1271,11 +1273,23 @@ impl PartitionState {
                     out.events.push(admin_done(request_id, Ok(())));
                 }
             }
+            other => self.home_admin(request_id, other, out),
+        }
+    }
+
+    /// An account's admin change whose turn has come (see `home_admin`), evaluated against
+    /// the bank as it is now.
+    fn admin_now(&mut self, request_id: u64, admin: Admin, out: &mut Output) {
+        match admin {
+            Admin::CreateAccount { .. } | Admin::SetActive { .. } => out.events.push(admin_done(
+                request_id,
+                Err(admin_err("not a change of one account")),
+            )),
             Admin::InitialPositionAndLimits {
                 account,
                 position,
                 ndc,
-            } => self.home_admin(request_id, account, out, |bank| {
+            } => self.admin_change(request_id, account, out, |bank| {
                 if bank.limits_set {
                     return Err(admin_err("initial position and limits are already set"));
                 }
@@ -1287,7 +1301,7 @@ impl PartitionState {
                     Decrease::InitialPositionAndLimits { position, ndc },
                 ))
             }),
-            Admin::SetNdc { account, ndc } => self.home_admin(request_id, account, out, |bank| {
+            Admin::SetNdc { account, ndc } => self.admin_change(request_id, account, out, |bank| {
                 if !bank.limits_set {
                     return Err(admin_err("set the initial position and limits first"));
                 }
@@ -1299,7 +1313,7 @@ impl PartitionState {
                 account,
                 amount,
                 funds_id,
-            } => self.home_admin(request_id, account, out, |bank| {
+            } => self.admin_change(request_id, account, out, |bank| {
                 check_positive(amount)?;
                 match bank.funds.get(&funds_id) {
                     Some(FundsRecord::In { amount: seen }) if *seen == amount => {
@@ -1323,7 +1337,7 @@ impl PartitionState {
                 account,
                 amount,
                 funds_id,
-            } => self.home_admin(request_id, account, out, |bank| {
+            } => self.admin_change(request_id, account, out, |bank| {
                 check_positive(amount)?;
                 if let Some(seen) = funds_out_seen(bank, funds_id, amount) {
                     return seen.map(|()| Change::Nothing);
@@ -1341,7 +1355,7 @@ impl PartitionState {
                 ))
             }),
             Admin::FundsOutCommit { account, funds_id } => {
-                self.home_admin(request_id, account, out, |bank| {
+                self.admin_change(request_id, account, out, |bank| {
                     match bank.funds.get(&funds_id).copied() {
                         Some(FundsRecord::OutReserved { amount }) => {
                             // The cover was already set aside: the limit does not change.
@@ -1359,7 +1373,7 @@ impl PartitionState {
                 })
             }
             Admin::FundsOutAbort { account, funds_id } => {
-                self.home_admin(request_id, account, out, |bank| {
+                self.admin_change(request_id, account, out, |bank| {
                     match bank.funds.get(&funds_id).copied() {
                         Some(FundsRecord::OutReserved { amount }) => {
                             let before = bank.limit();
@@ -1379,26 +1393,45 @@ impl PartitionState {
         }
     }
 
+    /// Takes an admin change of one account at its home, in arrival order.
+    ///
+    /// Every admin change of an account applies, and is acknowledged, in the order the
+    /// commands arrived. A decrease may have to wait for a recall round (`admin_change`);
+    /// while any admin change of the account waits in the bank queue, later ones queue
+    /// behind it (as `HomeRequest::Admin`), even increases that could apply at once:
+    /// otherwise an increase acknowledged meanwhile would be undone when the older decrease
+    /// lands. A queued change is evaluated only when its turn comes, since the world may
+    /// have moved (the decrease before it changed the limit, a funds id got used).
+    fn home_admin(&mut self, request_id: u64, admin: Admin, out: &mut Output) {
+        let Some(account) = admin_account(&admin) else {
+            return self.admin_now(request_id, admin, out);
+        };
+        assert_eq!(
+            self.home_of(&account),
+            self.partition,
+            "admin command routed to a non-home partition"
+        );
+        if let Some(bank) = self.bank_mut(&account) {
+            if bank.queue.iter().any(HomeRequest::is_admin) {
+                bank.queue
+                    .push_back(HomeRequest::Admin { request_id, admin });
+                return;
+            }
+        }
+        self.admin_now(request_id, admin, out);
+    }
+
     /// Runs an admin change at the account's home. Increases apply at once; a decrease
     /// first gathers all headroom (a recall round) so that no slice can spend headroom the
     /// new limit no longer has.
-    fn home_admin(
+    fn admin_change(
         &mut self,
         request_id: u64,
         account: AccountKey,
         out: &mut Output,
         change: impl FnOnce(&mut Bank) -> Result<Change, (ErrorCode, String)>,
     ) {
-        assert_eq!(
-            self.home_of(&account),
-            self.partition,
-            "admin command routed to a non-home partition"
-        );
-        let Some(bank) = self
-            .accounts
-            .get_mut(&account)
-            .and_then(|e| e.bank.as_mut())
-        else {
+        let Some(bank) = self.bank_mut(&account) else {
             out.events.push(admin_done(
                 request_id,
                 Err((ErrorCode::Validation, "unknown account".into())),
@@ -1590,6 +1623,19 @@ enum Change {
     Nothing,
     /// The change moves headroom by `delta`; when negative it waits for a recall round.
     Headroom(Money, Decrease),
+}
+
+/// The account an admin change is about; `None` for the participant-wide ones.
+fn admin_account(admin: &Admin) -> Option<AccountKey> {
+    match admin {
+        Admin::CreateAccount { .. } | Admin::SetActive { .. } => None,
+        Admin::InitialPositionAndLimits { account, .. }
+        | Admin::SetNdc { account, .. }
+        | Admin::FundsIn { account, .. }
+        | Admin::FundsOutReserve { account, .. }
+        | Admin::FundsOutCommit { account, .. }
+        | Admin::FundsOutAbort { account, .. } => Some(*account),
+    }
 }
 
 fn admin_err(message: &str) -> (ErrorCode, String) {

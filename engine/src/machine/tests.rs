@@ -294,13 +294,13 @@ impl Hub {
             .collect()
     }
 
-    /// A multi-partition hub whose `account` (limit 1,000 = its funds, NDC 10,000) has
-    /// lent headroom to partition 2, so that any decrease must wait for a recall round.
-    fn with_lent_headroom(account_prefix: &str) -> (Hub, AccountKey) {
+    /// A multi-partition hub whose `account` (funds 1,000, NDC `ndc`) has lent headroom to
+    /// partition 2, so that any decrease must wait for a recall round.
+    fn with_lent_headroom(account_prefix: &str, ndc: i64) -> (Hub, AccountKey) {
         let partitions = 4;
         let mut hub = Hub::new(partitions);
         let account = usd(&name_homed_at(0, partitions, account_prefix));
-        hub.open_account(account, 0, 10_000, 1_000);
+        hub.open_account(account, 0, ndc, 1_000);
         hub.open_account(usd("dfsp2"), 0, 10_000, 10_000);
         let n = id_on(2, partitions, 1);
         let events = hub.run(2, vec![hub.prepare(n, account.fsp.as_str(), "dfsp2", 10)]);
@@ -921,7 +921,7 @@ fn limit_decrease_recalls_headroom_from_slices() {
 /// another amount, is a modified request; with the same amount it changes nothing.
 #[test]
 fn funds_out_reserves_with_one_id_queued_behind_one_round_are_checked_exactly() {
-    let (mut hub, account) = Hub::with_lent_headroom("out");
+    let (mut hub, account) = Hub::with_lent_headroom("out", 10_000);
     let reserve = |amount: i64, n: u64| Admin::FundsOutReserve {
         account,
         amount,
@@ -951,7 +951,7 @@ fn funds_out_reserves_with_one_id_queued_behind_one_round_are_checked_exactly() 
 /// also when the reserve waited for a recall round while the funds-in arrived.
 #[test]
 fn funds_id_reused_across_kinds_is_a_modified_request() {
-    let (mut hub, account) = Hub::with_lent_headroom("kind");
+    let (mut hub, account) = Hub::with_lent_headroom("kind", 10_000);
     let first = hub.next_request;
     let results = hub.admin_batch(
         account,
@@ -1017,6 +1017,93 @@ fn funds_out_reserve_resent_after_commit_changes_nothing() {
     assert_eq!(hub.account(&account), (0, 0, 700));
     assert_eq!(hub.bank(&account).liquidity, 700);
     assert_eq!(hub.bank(&account).funds_out_reserved, 0);
+}
+
+/// The AdminDone results among `events`, as (request id, code), in release order.
+fn admin_results(events: &[Event]) -> Vec<(u64, Option<ErrorCode>)> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            Event::AdminDone {
+                request_id, code, ..
+            } => Some((*request_id, *code)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A decrease waits for its recall round; an increase that arrives meanwhile must not
+/// overtake it, or the decrease would land last and the acknowledged 500 be lost.
+#[test]
+fn limit_increase_queues_behind_a_pending_decrease() {
+    let (mut hub, account) = Hub::with_lent_headroom("order", 300);
+    assert_eq!(hub.account(&account).2, 300);
+    let decrease = hub.admin_command(Admin::SetNdc { account, ndc: 100 });
+    let increase = hub.admin_command(Admin::SetNdc { account, ndc: 500 });
+    let first = hub.next_request - 2;
+    let mut events = hub.apply(0, vec![decrease]).events;
+    assert!(events.is_empty(), "the decrease waits: {events:?}");
+    events.extend(hub.apply(0, vec![increase]).events);
+    events.extend(hub.deliver_all());
+    assert_eq!(
+        admin_results(&events),
+        vec![(first, None), (first + 1, None)],
+        "acknowledged in request order"
+    );
+    assert_eq!(
+        hub.bank(&account).ndc,
+        500,
+        "the last acknowledged limit holds"
+    );
+    assert_eq!(hub.account(&account), (0, 10, 500));
+}
+
+/// Every kind of admin change queues behind a pending one, and is evaluated when its turn
+/// comes: a funds-in, a refused request, and a reserve whose id a funds-in took first.
+#[test]
+fn admin_changes_behind_a_pending_decrease_keep_their_order() {
+    let (mut hub, account) = Hub::with_lent_headroom("fifo", 300);
+    let first = hub.next_request;
+    let results = hub.admin_batch(
+        account,
+        vec![
+            Admin::SetNdc { account, ndc: 100 },
+            Admin::FundsIn {
+                account,
+                amount: 500,
+                funds_id: tid(800),
+            },
+            Admin::SetNdc { account, ndc: -1 },
+            Admin::FundsIn {
+                account,
+                amount: 1,
+                funds_id: tid(801),
+            },
+            Admin::FundsOutReserve {
+                account,
+                amount: 1,
+                funds_id: tid(801),
+            },
+            Admin::SetNdc { account, ndc: 700 },
+        ],
+    );
+    assert_eq!(
+        results,
+        vec![
+            (first, None),
+            (first + 1, None),
+            (first + 2, Some(ErrorCode::Validation)),
+            (first + 3, None),
+            (first + 4, Some(ErrorCode::ModifiedRequest)),
+            (first + 5, None),
+        ]
+    );
+    let bank = hub.bank(&account);
+    assert_eq!(
+        (bank.ndc, bank.liquidity, bank.funds_out_reserved),
+        (700, 1_501, 0)
+    );
+    assert_eq!(hub.account(&account), (0, 10, 700));
 }
 
 // ----- the headroom protocol ------------------------------------------------------------

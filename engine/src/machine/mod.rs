@@ -1562,59 +1562,110 @@ impl PartitionState {
         state.parked_count = state.accounts.values().map(|e| e.slice.parked.len()).sum();
         state.inbound = snapshot.inbound.into_iter().collect();
         state.outbound_seq = snapshot.outbound_seq;
-        state.audit();
+        // Bytes can decode and still hold a broken ledger: refuse them with the reason.
+        state
+            .check()
+            .map_err(|broken| SnapshotError(format!("inconsistent state: {broken}")))?;
         Ok(state)
     }
 
-    /// Checks the local ledger invariants; panics on the first broken one.
-    pub fn audit(&self) {
+    /// Checks the local ledger invariants; the first broken one is returned as an error
+    /// naming the account or transfer. `from_snapshot` uses it to refuse bytes that decode
+    /// but hold an inconsistent state (a stopped partition with a reason, not a panic at
+    /// open); `audit` asserts it.
+    pub fn check(&self) -> Result<(), String> {
         let mut reserved: BTreeMap<AccountKey, Money> = BTreeMap::new();
         let mut parked = 0usize;
         for (id, open) in &self.transfers {
-            assert_eq!(
-                open.parties.transfer_id, *id,
-                "transfer keyed under the wrong id"
-            );
-            assert!(
-                self.expiry.contains(&(open.expiration_ms, *id)),
-                "transfer {id} missing from expiry index"
-            );
+            if open.parties.transfer_id != *id {
+                return Err(format!(
+                    "transfer {} keyed under the wrong id {id}",
+                    open.parties.transfer_id
+                ));
+            }
+            if !self.expiry.contains(&(open.expiration_ms, *id)) {
+                return Err(format!("transfer {id} missing from the expiry index"));
+            }
             if open.reserved {
-                *reserved
-                    .entry(AccountKey::new(open.parties.payer, open.parties.currency))
-                    .or_default() += Money::from(open.parties.amount);
+                let payer = AccountKey::new(open.parties.payer, open.parties.currency);
+                let sum = reserved.entry(payer).or_default();
+                *sum = sum
+                    .checked_add(Money::from(open.parties.amount))
+                    .ok_or_else(|| format!("{payer:?}: reserved overflows at transfer {id}"))?;
             } else {
                 parked += 1;
             }
         }
-        assert_eq!(
-            self.expiry.len(),
-            self.transfers.len(),
-            "expiry index out of step"
-        );
-        assert_eq!(parked, self.parked_count, "parked count out of step");
+        if self.expiry.len() != self.transfers.len() {
+            return Err(format!(
+                "expiry index out of step: {} entries for {} open transfers",
+                self.expiry.len(),
+                self.transfers.len()
+            ));
+        }
+        if parked != self.parked_count {
+            return Err(format!(
+                "parked count out of step: {parked} open transfers wait for headroom, count {}",
+                self.parked_count
+            ));
+        }
+        let mut parked_in_slices = 0usize;
         for (key, entry) in &self.accounts {
             let slice = &entry.slice;
-            assert!(
-                slice.headroom >= 0,
-                "{key:?}: negative slice headroom {}",
-                slice.headroom
-            );
-            assert_eq!(
-                slice.reserved,
-                reserved.get(key).copied().unwrap_or(0),
-                "{key:?}: reserved out of step"
-            );
-            if slice.centralised {
-                assert_eq!(
-                    slice.headroom, 0,
-                    "{key:?}: centralised slice keeps headroom"
-                );
+            if slice.headroom < 0 {
+                return Err(format!(
+                    "{key:?}: negative slice headroom {}",
+                    slice.headroom
+                ));
             }
-            assert_eq!(
-                entry.bank.is_some(),
-                entry.bank.is_some() && self.home_of(key) == self.partition
-            );
+            let expected = reserved.get(key).copied().unwrap_or(0);
+            if slice.reserved != expected {
+                return Err(format!(
+                    "{key:?}: reserved {} out of step with its open transfers ({expected})",
+                    slice.reserved
+                ));
+            }
+            if slice.centralised && slice.headroom != 0 {
+                return Err(format!(
+                    "{key:?}: centralised slice keeps headroom {}",
+                    slice.headroom
+                ));
+            }
+            if entry.bank.is_some() && self.home_of(key) != self.partition {
+                return Err(format!(
+                    "{key:?}: bank on partition {}, which is not its home",
+                    self.partition
+                ));
+            }
+            // A parked prepare is an open transfer of this payer still waiting: a grant or
+            // a deny for it relies on finding it so.
+            for waiting in &slice.parked {
+                let id = waiting.prepare.transfer_id;
+                let open = self.transfers.get(&id).is_some_and(|t| {
+                    !t.reserved && AccountKey::new(t.parties.payer, t.parties.currency) == *key
+                });
+                if !open {
+                    return Err(format!(
+                        "{key:?}: parked prepare {id} is not an open transfer waiting for headroom"
+                    ));
+                }
+            }
+            parked_in_slices += slice.parked.len();
+        }
+        if parked_in_slices != self.parked_count {
+            return Err(format!(
+                "parked count out of step: {parked_in_slices} prepares parked in slices, count {}",
+                self.parked_count
+            ));
+        }
+        Ok(())
+    }
+
+    /// Asserts the local ledger invariants (`check`): the hot-path debug assertion, which
+    /// panics on the first broken one.
+    pub fn audit(&self) {
+        if let Err(broken) = self.check() {
+            panic!("partition {}: {broken}", self.partition);
         }
     }
 }

@@ -1496,6 +1496,66 @@ fn corrupt_snapshots_are_refused() {
     assert!(PartitionState::from_snapshot(&[], Limits::default()).is_err());
 }
 
+/// Bytes that decode but hold a state breaking a ledger invariant (here an account's
+/// `reserved` out of step with its open transfers) are refused with an error naming the
+/// account, not a panic that would stop the whole hub at open.
+#[test]
+fn decodable_but_inconsistent_snapshot_is_refused_with_an_error() {
+    let mut hub = two_dfsps();
+    hub.run(0, vec![hub.prepare(1, "dfsp1", "dfsp2", 100)]);
+    let mut broken = hub.parts[0].clone();
+    let entry = broken.accounts.get_mut(&usd("dfsp1")).expect("account");
+    entry.slice.reserved += 1;
+    let error = broken.check().expect_err("reserved out of step");
+    assert!(error.contains("dfsp1"), "names the account: {error}");
+    let result = PartitionState::from_snapshot(&broken.snapshot_bytes(), Limits::default());
+    let error = result
+        .expect_err("an inconsistent state is refused")
+        .to_string();
+    assert!(
+        error.contains("dfsp1") && error.contains("reserved"),
+        "{error}"
+    );
+    // The state it came from is consistent and opens.
+    assert_eq!(hub.parts[0].check(), Ok(()));
+    assert!(
+        PartitionState::from_snapshot(&hub.parts[0].snapshot_bytes(), Limits::default()).is_ok()
+    );
+}
+
+/// A parked prepare whose transfer is not open (or is already reserved) is inconsistent
+/// too: a grant for it would find no transfer to reserve.
+#[test]
+fn snapshot_with_a_parked_prepare_that_is_not_open_is_refused() {
+    let partitions = 4;
+    let mut hub = Hub::new(partitions);
+    let payer = name_homed_at(0, partitions, "payer");
+    hub.open_account(usd(&payer), 0, 1_000, 1_000);
+    hub.open_account(usd("dfsp2"), 0, 1_000, 1_000);
+    let n = id_on(3, partitions, 1);
+    hub.apply(3, vec![hub.prepare(n, &payer, "dfsp2", 100)]);
+    assert_eq!(hub.parts[3].check(), Ok(()));
+    let mut broken = hub.parts[3].clone();
+    let open = broken
+        .transfers
+        .get_mut(&tid(n))
+        .expect("parked transfer is open");
+    open.reserved = true;
+    broken
+        .accounts
+        .get_mut(&usd(&payer))
+        .expect("payer")
+        .slice
+        .reserved += 100;
+    broken.parked_count -= 1;
+    let error = broken.check().expect_err("parked but reserved");
+    assert!(
+        error.contains(tid(n).as_str()),
+        "names the transfer: {error}"
+    );
+    assert!(PartitionState::from_snapshot(&broken.snapshot_bytes(), Limits::default()).is_err());
+}
+
 #[test]
 fn a_refused_prepare_is_final_and_a_resend_gets_the_same_answer() {
     let mut hub = Hub::new(1);

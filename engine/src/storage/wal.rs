@@ -3,7 +3,9 @@
 //! Each group commit of a partition appends one frame; the syncer's `sync` makes every frame
 //! written so far durable with one `fdatasync`, whatever the number of partitions. Frames
 //! live in segment files (`wal/{index:016x}.wal`) of about [`SEGMENT_BYTES_MAX`]; a segment
-//! is deleted once every partition has a durable snapshot past all its frames in it.
+//! is deleted once every partition has a durable snapshot past all its frames in it. Any
+//! other file in `wal/` (an editor's backup, `lost+found`) is ignored with a warning that
+//! names it; a file named exactly like a segment is checked like one.
 //!
 //! Frame layout (little endian):
 //!
@@ -85,6 +87,14 @@ fn corrupt(partition: u32, what: String, detail: impl std::fmt::Display) -> Engi
 
 fn segment_name(index: u64) -> String {
     format!("{index:016x}.wal")
+}
+
+/// The index of a file named exactly as [`segment_name`] names segments (16 lowercase hex
+/// digits, then `.wal`); `None` for any other name.
+fn segment_index(name: &str) -> Option<u64> {
+    let hex = name.strip_suffix(".wal")?;
+    let exact = hex.len() == 16 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    exact.then(|| u64::from_str_radix(hex, 16).ok()).flatten()
 }
 
 /// What the bytes at an offset of a segment hold.
@@ -210,11 +220,12 @@ impl Wal {
             let entry = entry.map_err(|e| io_err("listing", dir, e))?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            let index = name
-                .strip_suffix(".wal")
-                .and_then(|hex| u64::from_str_radix(hex, 16).ok())
-                .ok_or_else(|| corrupt(0, format!("wal/{name}"), "unexpected file in the WAL"))?;
-            indexes.push(index);
+            match segment_index(&name) {
+                Some(index) => indexes.push(index),
+                // An editor's backup or `lost+found` must not take the hub down; a file
+                // the log did not write is none of its business.
+                None => tracing::warn!(file = %name, "ignoring a file that is not a WAL segment"),
+            }
         }
         indexes.sort_unstable();
         let mut segments = VecDeque::new();
@@ -726,6 +737,35 @@ mod tests {
         wal.sync().expect_err("a failed sync is sticky");
         wal.append(0, 3, &body(3)).expect_err("appends are refused");
         assert!(wal.failed().is_some());
+    }
+
+    #[test]
+    fn files_that_are_not_segments_are_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        written(dir.path(), 1, SEGMENT_BYTES_MAX, 2);
+        // An editor's backup, a copy, a near miss of the pattern, a directory.
+        let segment = std::fs::read(dir.path().join(segment_name(1))).expect("read");
+        for stray in [
+            "0000000000000001.wal~",
+            "0000000000000001.wal.bak",
+            "1.wal",
+            "000000000000000A.wal",
+            ".0000000000000001.wal.swp",
+            "notes.txt",
+        ] {
+            std::fs::write(dir.path().join(stray), &segment).expect("stray file");
+        }
+        std::fs::create_dir(dir.path().join("lost+found")).expect("dir");
+        let wal = Wal::open(dir.path(), 1, SEGMENT_BYTES_MAX).expect("strays are ignored");
+        assert_eq!(wal.segments(), 1);
+        assert_eq!(wal.read(0, 0).expect("read").len(), 2);
+        drop(wal);
+        // A file with a segment's name is still checked, and refused when damaged.
+        std::fs::write(dir.path().join(segment_name(0)), b"garbage, not frames").expect("write");
+        let error = Wal::open(dir.path(), 1, SEGMENT_BYTES_MAX)
+            .err()
+            .expect("a damaged segment is refused");
+        assert!(error.to_string().contains(&segment_name(0)), "{error}");
     }
 
     #[test]

@@ -383,8 +383,9 @@ impl Archive {
         let mut metas: BTreeMap<u64, RunMeta> = BTreeMap::new();
         for item in tree.scan_prefix([META_PREFIX]) {
             let (key, value) = item.map_err(storage_err)?;
-            let meta: RunMeta = crate::codec::decode(&value)
-                .map_err(|e| archive_corrupt(String::from_utf8_lossy(&key), e))?;
+            let meta: RunMeta =
+                crate::codec::decode_record(crate::codec::RecordKind::ArchiveRunMeta, &value)
+                    .map_err(|e| archive_corrupt(String::from_utf8_lossy(&key), e))?;
             if key[..] != meta_key(meta.run) {
                 return Err(archive_corrupt(
                     format!("meta of run {}", meta.run),
@@ -443,7 +444,9 @@ impl Archive {
     pub fn add(&self, records: &[FinishedTransfer]) -> Result<(), EngineError> {
         let mut encoded = Vec::with_capacity(records.len());
         for record in records {
-            let bytes = crate::codec::encode(record).map_err(storage_err)?;
+            let bytes =
+                crate::codec::encode_record(crate::codec::RecordKind::ArchiveRecord, record)
+                    .map_err(storage_err)?;
             encoded.push((
                 record.parties.transfer_id.route_hash(),
                 record.finished_ms,
@@ -477,7 +480,8 @@ impl Archive {
             let meta = builder.meta;
             batch.insert(
                 &meta_key(run)[..],
-                crate::codec::encode(&meta).map_err(storage_err)?,
+                crate::codec::encode_record(crate::codec::RecordKind::ArchiveRunMeta, &meta)
+                    .map_err(storage_err)?,
             );
             self.tree.apply_batch(batch).map_err(storage_err)?;
             self.write_visible().push(meta);
@@ -504,8 +508,11 @@ impl Archive {
             let chunk = ChunkView::parse(&value)
                 .map_err(|e| archive_corrupt(format!("run {}", meta.run), e))?;
             for index in chunk.matching(hash) {
-                let record: FinishedTransfer = crate::codec::decode(chunk.record(index))
-                    .map_err(|e| archive_corrupt(format!("run {}/{id}", meta.run), e))?;
+                let record: FinishedTransfer = crate::codec::decode_record(
+                    crate::codec::RecordKind::ArchiveRecord,
+                    chunk.record(index),
+                )
+                .map_err(|e| archive_corrupt(format!("run {}/{id}", meta.run), e))?;
                 let newer = !matches!(&best, Some(b) if b.finished_ms >= record.finished_ms);
                 if record.parties.transfer_id == *id && newer {
                     best = Some(record);
@@ -641,7 +648,8 @@ impl Archive {
         self.tree
             .insert(
                 &meta_key(run)[..],
-                crate::codec::encode(&meta).map_err(storage_err)?,
+                crate::codec::encode_record(crate::codec::RecordKind::ArchiveRunMeta, &meta)
+                    .map_err(storage_err)?,
             )
             .map_err(storage_err)?;
         self.db.flush().map_err(storage_err)?;

@@ -91,7 +91,7 @@ pub struct WalRecordRef<'a> {
 
 /// Encodes a batch record (before the batch is applied, so that applying can consume it).
 pub fn encode_batch(record: &WalRecordRef<'_>) -> Result<Vec<u8>, EngineError> {
-    crate::codec::encode(record).map_err(storage_err)
+    crate::codec::encode_record(crate::codec::RecordKind::WalBatch, record).map_err(storage_err)
 }
 
 /// A partition snapshot: the state bytes (see `PartitionState::snapshot_bytes`) and the
@@ -478,8 +478,9 @@ impl Storage for Store {
     fn batches_after(&self, partition: u32, after: u64) -> Result<Vec<WalRecord>, EngineError> {
         let mut out = Vec::new();
         for (seq, body) in self.wal.read(partition, after)? {
-            let record: WalRecord = crate::codec::decode(&body)
-                .map_err(|e| corrupt(partition, &format!("wal/{seq}"), e))?;
+            let record: WalRecord =
+                crate::codec::decode_record(crate::codec::RecordKind::WalBatch, &body)
+                    .map_err(|e| corrupt(partition, &format!("wal/{seq}"), e))?;
             if record.batch_seq != seq {
                 return Err(corrupt(
                     partition,
@@ -493,7 +494,8 @@ impl Storage for Store {
     }
 
     fn write_snapshot(&self, partition: u32, snapshot: &SnapshotRecord) -> Result<(), EngineError> {
-        let body = crate::codec::encode(snapshot).map_err(storage_err)?;
+        let body = crate::codec::encode_record(crate::codec::RecordKind::Snapshot, snapshot)
+            .map_err(storage_err)?;
         let tree = &self.snap[partition as usize];
         let mut batch = sled::Batch::default();
         // Only one snapshot is kept: remove the previous one's chunks in the same batch.
@@ -509,8 +511,9 @@ impl Storage for Store {
         let Some((seq, body)) = records.into_iter().last() else {
             return Ok(None);
         };
-        let snapshot: SnapshotRecord = crate::codec::decode(&body)
-            .map_err(|e| corrupt(partition, &format!("snap/{seq}"), e))?;
+        let snapshot: SnapshotRecord =
+            crate::codec::decode_record(crate::codec::RecordKind::Snapshot, &body)
+                .map_err(|e| corrupt(partition, &format!("snap/{seq}"), e))?;
         Ok(Some(snapshot))
     }
 

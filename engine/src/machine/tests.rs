@@ -3,9 +3,11 @@
 //! batch at a time, keeps the archive of finished transfers (handed back as
 //! `Input::prior`, as the runtime does) and delivers peer messages in order.
 
+use super::account::{Bank, BankMode};
 use super::*;
-use crate::command::{Admin, Fulfil, Prepare, Reject};
+use crate::command::{Admin, ErrorCode, Fulfil, Prepare, Reject, TransferState};
 use crate::ids::Currency;
+use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 
 const T0: TimestampMs = 1_700_000_000_000;

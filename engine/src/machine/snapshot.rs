@@ -71,7 +71,9 @@ impl PartitionState {
                 snapshot.version
             )));
         }
-        if snapshot.partition >= snapshot.partitions
+        // The routing serves only `1..=PARTITIONS_MAX` partitions (`home_of` relies on it).
+        if sharding::PartitionCount::new(snapshot.partitions).is_none()
+            || snapshot.partition >= snapshot.partitions
             || snapshot.outbound_seq.len() != snapshot.partitions as usize
         {
             return Err(SnapshotError("partition numbers out of range".into()));

@@ -1558,6 +1558,22 @@ fn snapshot_with_a_parked_prepare_that_is_not_open_is_refused() {
     assert!(PartitionState::from_snapshot(&broken.snapshot_bytes(), Limits::default()).is_err());
 }
 
+/// A decodable snapshot whose partition count the routing cannot serve is refused, not a
+/// panic in the routing hash when the check asks an account's home.
+#[test]
+fn snapshot_with_a_partition_count_out_of_range_is_refused() {
+    let partitions = sharding::PARTITIONS_MAX + 1;
+    let mut state = PartitionState::new(0, partitions, Limits::default());
+    let entry = account::AccountEntry {
+        bank: Some(Bank::new()),
+        ..Default::default()
+    };
+    state.accounts.insert(usd("dfsp1"), entry);
+    let result = PartitionState::from_snapshot(&state.snapshot_bytes(), Limits::default());
+    let error = result.expect_err("too many partitions").to_string();
+    assert!(error.contains("partition"), "{error}");
+}
+
 #[test]
 fn a_refused_prepare_is_final_and_a_resend_gets_the_same_answer() {
     let mut hub = Hub::new(1);

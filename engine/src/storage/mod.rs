@@ -5,7 +5,9 @@
 //! * `wal/`: the write-ahead log of applied batches, one append-only file log shared by
 //!   every partition (see [`wal`]): one checksummed frame per group commit (not per
 //!   transfer) holding the encoded [`WalRecord`]. One `fdatasync` makes every partition's
-//!   frames durable.
+//!   frames durable. Each frame also records how far its segment was durable when it was
+//!   appended, so that at open a tail written after the last sync (torn, or lost pages
+//!   followed by surviving ones) is cut, while damage to synced frames is refused.
 //! * `sled/`, one sled database with several trees:
 //!   * `snap/{p}`: the latest snapshot of partition p's state, split into chunks of at most
 //!     [`CHUNK_BYTES_MAX`] because sled 0.34 writes larger values as separate blob files

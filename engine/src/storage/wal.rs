@@ -7,22 +7,43 @@
 //! other file in `wal/` (an editor's backup, `lost+found`) is ignored with a warning that
 //! names it; a file named exactly like a segment is checked like one.
 //!
-//! Frame layout (little endian):
+//! Frame layout, format version [`FORMAT_VERSION`] (little endian, 32-byte header):
 //!
 //! ```text
-//! magic u32 | partition u32 | batch_seq u64 | body_len u32 | crc32 u32 | body
+//! magic u32 ("LAW2") | partition u32 | batch_seq u64 | durable u64 | body_len u32 | crc32 u32 | body
 //! ```
 //!
-//! The CRC covers partition, batch_seq, body_len and the body.
+//! The magic's last byte is the format version. `durable` is how many bytes of this
+//! segment the last *completed* `fdatasync` had made durable when the frame was appended.
+//! The CRC covers partition, batch_seq, durable, body_len and the body. A segment of
+//! format version 1 (magic "LAW1", no `durable`) is refused at open with an error naming
+//! the file: read as version 2 every field after `batch_seq` would be misplaced.
+//!
+//! Why frames carry `durable`: after a power loss, the part of the newest segment written
+//! since its last completed `fdatasync` can come back as any mix of lost and surviving
+//! pages, so garbage at offset X may be followed by intact frames. None of those bytes was
+//! ever acknowledged. Damage to bytes that *were* synced (the disk failing) looks the same
+//! on its own; the difference is what the frames after it say. A frame appended after the
+//! sync that covered X carries a `durable` above X.
 //!
 //! Invariants:
 //! * Only the newest segment is written to. A segment is made durable (`fdatasync`) before
 //!   its successor is created, and the directory is synced after a creation, so after a
-//!   crash every older segment is whole.
-//! * A torn tail is possible only at the end of the newest segment and only covers frames
-//!   written after the last `sync` (none of which was acknowledged): it is cut off at open.
-//!   A damaged frame followed by an intact one is not a torn tail: open refuses it as
-//!   corruption, naming the file and offset, rather than dropping acknowledged frames.
+//!   crash every older segment is whole: damage there is always refused.
+//! * A frame never claims more than is durable: `durable` is advanced only after an
+//!   `fdatasync` returns, to the length the segment had when that `fdatasync` began.
+//! * At open, damage at offset X of the newest segment (an unreadable header, or a frame
+//!   that fails its CRC) is cut off together with everything after it if no intact frame
+//!   after X has `durable > X`: all of it was written after the last completed sync (a torn
+//!   tail is the simplest case). Otherwise it is real damage: an unreadable header refuses
+//!   the store, a readable header with a bad CRC stops its partition when it is read; the
+//!   error names the file and byte offset, and nothing is cut. What survives open is
+//!   synced once before any new frame says it is durable (a process crash can leave it in
+//!   the page cache only).
+//! * Known limit: if the disk damages a synced frame and no frame was appended after the
+//!   sync that covered it, nothing on disk tells the damage from a lost page, and it is
+//!   cut like one. That loses acknowledged batches only when the disk loses data it had
+//!   reported durable, and only in the last sync round before the stop.
 //! * After a failed write or `fdatasync` the log refuses every further append and sync,
 //!   until it is reopened, with the first error and when it happened ([`Wal::failed`]).
 //!   A partial frame followed by later frames would look like corruption after a restart;
@@ -43,14 +64,22 @@ pub const SEGMENT_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Largest frame body (a group commit's encoded batch).
 pub const BODY_BYTES_MAX: usize = 256 * 1024 * 1024;
 
-const MAGIC: u32 = 0x3157_414c; // "LAW1" read little endian: 'L','A','W','1'
-const HEADER_BYTES: usize = 24;
+/// The frame format version, also the last byte of every frame's magic.
+pub const FORMAT_VERSION: u32 = 2;
+/// "LAW2" read little endian: 'L','A','W','2'.
+const MAGIC: u32 = u32::from_le_bytes(*b"LAW2");
+/// The magic of format version 1 (frames without the durable offset), refused at open.
+const MAGIC_V1: [u8; 4] = *b"LAW1";
+const HEADER_BYTES: usize = 32;
 
 /// One segment file and, per partition, the last batch sequence it holds (0: none).
 struct Segment {
     index: u64,
     file: Arc<File>,
     len: u64,
+    /// Bytes from the start known durable: how far the last completed `fdatasync` of
+    /// this segment reached. Every frame appended carries it.
+    durable: u64,
     last_seq: Vec<u64>,
 }
 
@@ -103,6 +132,8 @@ enum At<'a> {
     Intact {
         partition: u32,
         batch_seq: u64,
+        /// The segment's durable offset when the frame was appended.
+        durable: u64,
         body: &'a [u8],
         /// Offset just past the frame.
         end: usize,
@@ -119,13 +150,34 @@ enum At<'a> {
     Unreadable,
 }
 
-fn frame_crc(partition: u32, batch_seq: u64, body: &[u8]) -> u32 {
+/// The CRC of a frame: over partition, batch_seq, durable, body_len and the body, in
+/// that order. `body_crc` is a hasher that has seen only the body (of `body_len` bytes),
+/// so that the append path can hash a large body before it takes the lock and learns
+/// `durable`.
+fn frame_crc(
+    partition: u32,
+    batch_seq: u64,
+    durable: u64,
+    body_len: usize,
+    body_crc: &crc32fast::Hasher,
+) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&partition.to_le_bytes());
     hasher.update(&batch_seq.to_le_bytes());
-    hasher.update(&(body.len() as u32).to_le_bytes());
-    hasher.update(body);
+    hasher.update(&durable.to_le_bytes());
+    hasher.update(&(body_len as u32).to_le_bytes());
+    hasher.combine(body_crc);
     hasher.finalize()
+}
+
+fn body_crc(body: &[u8]) -> crc32fast::Hasher {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(body);
+    hasher
+}
+
+fn read_u64(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
 }
 
 fn read_u32(bytes: &[u8], at: usize) -> u32 {
@@ -137,19 +189,20 @@ fn frame_at(bytes: &[u8], at: usize) -> At<'_> {
     let Some(header) = bytes.get(at..at.saturating_add(HEADER_BYTES)) else {
         return At::Unreadable;
     };
-    let body_len = read_u32(header, 16) as usize;
+    let body_len = read_u32(header, 24) as usize;
     if read_u32(header, 0) != MAGIC || body_len > BODY_BYTES_MAX {
         return At::Unreadable;
     }
     let partition = read_u32(header, 4);
-    let batch_seq = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
-    let crc = read_u32(header, 20);
+    let batch_seq = read_u64(header, 8);
+    let durable = read_u64(header, 16);
+    let crc = read_u32(header, 28);
     let start = at + HEADER_BYTES;
     let end = start + body_len;
     let Some(body) = bytes.get(start..end) else {
         return At::Unreadable;
     };
-    if frame_crc(partition, batch_seq, body) != crc {
+    if frame_crc(partition, batch_seq, durable, body.len(), &body_crc(body)) != crc {
         return At::Damaged {
             partition,
             batch_seq,
@@ -159,17 +212,22 @@ fn frame_at(bytes: &[u8], at: usize) -> At<'_> {
     At::Intact {
         partition,
         batch_seq,
+        durable,
         body,
         end,
     }
 }
 
-/// Whether an intact frame starts anywhere in `bytes` at or after `from`.
-fn intact_frame_after(bytes: &[u8], from: usize) -> bool {
+/// Whether an intact frame starting anywhere in `bytes` after `damage` says that the
+/// byte at `damage` was already durable when it was appended (its durable offset is past
+/// `damage`). If none does, everything from `damage` on was written after the last
+/// completed `fdatasync` and never acknowledged. The search looks at every offset, not
+/// only at frame boundaries: the damage may be in a length field.
+fn later_frame_calls_durable(bytes: &[u8], damage: usize) -> bool {
     let magic = MAGIC.to_le_bytes();
-    (from..bytes.len().saturating_sub(HEADER_BYTES - 1))
+    (damage + 1..bytes.len().saturating_sub(HEADER_BYTES - 1))
         .filter(|&at| bytes[at..at + 4] == magic)
-        .any(|at| matches!(frame_at(bytes, at), At::Intact { .. }))
+        .any(|at| matches!(frame_at(bytes, at), At::Intact { durable, .. } if durable > damage as u64))
 }
 
 /// Stops the log after a failed write or sync: keeps the first reason, with when it
@@ -205,8 +263,9 @@ fn sync_dir(dir: &Path) -> Result<(), EngineError> {
 }
 
 impl Wal {
-    /// Opens the log under `dir` (created if missing), checks every frame, cuts a torn
-    /// tail off the newest segment, and refuses damage anywhere else.
+    /// Opens the log under `dir` (created if missing), checks every frame, cuts off the
+    /// newest segment's tail that was written after its last completed sync (torn or
+    /// damaged), and refuses damage anywhere else (see the module docs).
     pub fn open(dir: &Path, partitions: u32, segment_bytes_max: u64) -> Result<Wal, EngineError> {
         assert!(partitions > 0);
         if segment_bytes_max == 0 {
@@ -261,6 +320,16 @@ impl Wal {
         let path = dir.join(segment_name(index));
         let what = |at: usize| format!("wal/{} at byte {at}", segment_name(index));
         let bytes = std::fs::read(&path).map_err(|e| io_err("reading", &path, e))?;
+        if bytes.starts_with(&MAGIC_V1) {
+            // Version 1 frames have no durable offset; reading them as version 2 would
+            // misplace every field. The log must be drained by the build that wrote it.
+            return Err(EngineError::Config(format!(
+                "wal/{} is in WAL format version 1; this build reads only version \
+                 {FORMAT_VERSION}: start the previous build on this directory and stop it \
+                 cleanly after every partition has snapshotted, or restore from a backup",
+                segment_name(index)
+            )));
+        }
         let mut last_seq = vec![0u64; partitions as usize];
         let mut at = 0;
         while at < bytes.len() {
@@ -275,7 +344,9 @@ impl Wal {
                     partition,
                     batch_seq,
                     end,
-                } if partition < partitions && (!newest || intact_frame_after(&bytes, end)) => {
+                } if partition < partitions
+                    && (!newest || later_frame_calls_durable(&bytes, at)) =>
+                {
                     // Damage inside the log: the frame is kept, so that reading this
                     // partition's batches fails on it and stops only that partition.
                     tracing::error!(
@@ -286,12 +357,13 @@ impl Wal {
                     );
                     (partition, batch_seq, end, false)
                 }
-                _ if !newest || intact_frame_after(&bytes, at + 1) => {
+                _ if !newest || later_frame_calls_durable(&bytes, at) => {
                     return Err(corrupt(0, what(at), "unreadable frame"));
                 }
                 _ => {
-                    // A torn tail: written after the last sync, never acknowledged.
-                    Self::cut_torn_tail(&path, at, bytes.len())?;
+                    // Written after the last completed sync, never acknowledged: a torn
+                    // tail, or lost pages with surviving ones after them.
+                    Self::cut_unsynced_tail(&path, at, bytes.len())?;
                     break;
                 }
             };
@@ -312,20 +384,26 @@ impl Wal {
             .append(true)
             .open(&path)
             .map_err(|e| io_err("opening", &path, e))?;
+        if newest {
+            // What survived may still be only in the page cache (a process crash): make
+            // it durable before any frame says it is.
+            file.sync_data().map_err(|e| io_err("syncing", &path, e))?;
+        }
         Ok(Segment {
             index,
             file: Arc::new(file),
             len: at as u64,
+            durable: at as u64,
             last_seq,
         })
     }
 
-    fn cut_torn_tail(path: &Path, at: usize, len: usize) -> Result<(), EngineError> {
+    fn cut_unsynced_tail(path: &Path, at: usize, len: usize) -> Result<(), EngineError> {
         tracing::warn!(
             segment = %path.display(),
             offset = at,
             dropped_bytes = len - at,
-            "cutting off a torn WAL tail"
+            "cutting off a WAL tail written after the last sync (never acknowledged)"
         );
         let file = OpenOptions::new()
             .write(true)
@@ -348,6 +426,7 @@ impl Wal {
             index,
             file: Arc::new(file),
             len: 0,
+            durable: 0,
             last_seq: vec![0; self.partitions as usize],
         })
     }
@@ -372,13 +451,18 @@ impl Wal {
                 body.len()
             )));
         }
+        // The frame is built and the body hashed before the lock is taken; only the
+        // durable offset and the CRC over it are filled in under the lock.
         let mut frame = Vec::with_capacity(HEADER_BYTES + body.len());
         frame.extend_from_slice(&MAGIC.to_le_bytes());
         frame.extend_from_slice(&partition.to_le_bytes());
         frame.extend_from_slice(&batch_seq.to_le_bytes());
+        frame.extend_from_slice(&0u64.to_le_bytes()); // durable, below
         frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&frame_crc(partition, batch_seq, body).to_le_bytes());
+        frame.extend_from_slice(&0u32.to_le_bytes()); // crc, below
         frame.extend_from_slice(body);
+        debug_assert_eq!(frame.len(), HEADER_BYTES + body.len());
+        let body_crc = body_crc(body);
 
         let mut inner = self.lock();
         refuse_if_stopped(&inner)?;
@@ -390,11 +474,18 @@ impl Wal {
                 .sync_segment(index, &file)
                 .and_then(|()| self.create_segment(index + 1));
             match rolled {
-                Ok(next) => inner.segments.push_back(next),
+                Ok(next) => {
+                    let full = inner.segments.back_mut().expect("a current segment");
+                    full.durable = full.len;
+                    inner.segments.push_back(next);
+                }
                 Err(e) => return Err(stop(&mut inner, e)),
             }
         }
         let current = inner.segments.back_mut().expect("a current segment");
+        frame[16..24].copy_from_slice(&current.durable.to_le_bytes());
+        let crc = frame_crc(partition, batch_seq, current.durable, body.len(), &body_crc);
+        frame[28..32].copy_from_slice(&crc.to_le_bytes());
         if let Err(e) = (&*current.file).write_all(&frame) {
             let e = io_err(
                 "appending to",
@@ -413,15 +504,25 @@ impl Wal {
     /// Makes every frame appended so far durable: one `fdatasync` of the newest segment
     /// (older ones were synced when the log rolled past them).
     pub fn sync(&self) -> Result<(), EngineError> {
-        let (index, file) = {
+        let (index, file, len) = {
             let inner = self.lock();
             refuse_if_stopped(&inner)?;
             let current = inner.segments.back().expect("a current segment");
-            (current.index, current.file.clone())
+            (current.index, current.file.clone(), current.len)
         };
-        // The lock is not held while the disk works: appends go on meanwhile.
-        self.sync_segment(index, &file)
-            .map_err(|e| stop(&mut self.lock(), e))
+        // The lock is not held while the disk works: appends go on meanwhile, and their
+        // frames still carry the durable offset of the sync before this one.
+        let synced = self.sync_segment(index, &file);
+        let mut inner = self.lock();
+        if let Err(e) = synced {
+            return Err(stop(&mut inner, e));
+        }
+        // Everything up to `len` was written before the fdatasync began, so it is durable
+        // now (the segment may have rolled meanwhile; then it is durable whole anyway).
+        if let Some(segment) = inner.segments.iter_mut().find(|s| s.index == index) {
+            segment.durable = segment.durable.max(len);
+        }
+        Ok(())
     }
 
     /// The one place the log calls `fdatasync`.
@@ -469,6 +570,7 @@ impl Wal {
                         batch_seq,
                         body,
                         end,
+                        ..
                     } => {
                         if owner == partition && batch_seq > after {
                             out.push((batch_seq, body.to_vec()));
@@ -553,15 +655,32 @@ mod tests {
         (path, bytes)
     }
 
-    /// Writes batches 1..=`batches` of every partition (interleaved), syncs and closes.
+    /// Writes batches 1..=`batches` of every partition (interleaved), each round synced
+    /// (so every frame after the first round says that the round before it is durable),
+    /// and closes.
     fn written(dir: &Path, partitions: u32, segment_bytes: u64, batches: u64) {
         let wal = Wal::open(dir, partitions, segment_bytes).expect("open");
         for seq in 1..=batches {
             for partition in 0..partitions {
                 wal.append(partition, seq, &body(seq)).expect("append");
             }
+            wal.sync().expect("sync");
         }
+    }
+
+    /// Offset of batch `seq` in the first segment of a one-partition log of `body` frames.
+    fn offset_of(seq: u64) -> usize {
+        (1..seq).map(|s| HEADER_BYTES + body(s).len()).sum()
+    }
+
+    /// A one-partition log: batch 1 synced, batches 2 and 3 appended after it and never
+    /// synced (the process or the machine stopped before the next sync round).
+    fn synced_then_unsynced(dir: &Path) {
+        let wal = Wal::open(dir, 1, SEGMENT_BYTES_MAX).expect("open");
+        wal.append(0, 1, &body(1)).expect("append");
         wal.sync().expect("sync");
+        wal.append(0, 2, &body(2)).expect("append");
+        wal.append(0, 3, &body(3)).expect("append");
     }
 
     #[test]
@@ -766,6 +885,98 @@ mod tests {
             .err()
             .expect("a damaged segment is refused");
         assert!(error.to_string().contains(&segment_name(0)), "{error}");
+    }
+
+    #[test]
+    fn unsynced_damage_followed_by_unsynced_intact_frames_is_cut() {
+        // After a power loss the pages written after the last fdatasync come back as any
+        // mix of lost and surviving pages: here batch 2 is garbage and batch 3 survived.
+        // Neither was ever acknowledged, so both go, whether batch 2's header or only its
+        // body is damaged.
+        for (what, at) in [
+            ("body", offset_of(2) + HEADER_BYTES + 7),
+            ("header", offset_of(2)),
+        ] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            synced_then_unsynced(dir.path());
+            damage_first_segment(dir.path(), at, 0x5a);
+            let wal = Wal::open(dir.path(), 1, SEGMENT_BYTES_MAX)
+                .unwrap_or_else(|e| panic!("damaged {what}: open refused: {e}"));
+            let frames = wal
+                .read(0, 0)
+                .unwrap_or_else(|e| panic!("damaged {what}: read failed: {e}"));
+            assert_eq!(
+                frames.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+                vec![1],
+                "damaged {what}"
+            );
+            let path = dir.path().join(segment_name(1));
+            let len = std::fs::metadata(&path).expect("stat").len();
+            assert_eq!(len, offset_of(2) as u64, "damaged {what}: cut at batch 2");
+            // Appending goes on where the cut was, and survives a reopen.
+            wal.append(0, 2, &body(2)).expect("append");
+            wal.sync().expect("sync");
+            drop(wal);
+            let wal = Wal::open(dir.path(), 1, SEGMENT_BYTES_MAX).expect("reopen");
+            assert_eq!(wal.read(0, 0).expect("read").len(), 2, "damaged {what}");
+        }
+    }
+
+    #[test]
+    fn damage_to_a_frame_a_later_frame_calls_durable_is_refused() {
+        // Batches 1 and 2 each synced before the next was appended: batch 3 says the
+        // bytes of batch 2 were durable, so damage there is real damage, not a lost page.
+        let dir = tempfile::tempdir().expect("tempdir");
+        written(dir.path(), 1, SEGMENT_BYTES_MAX, 3);
+        let (path, bytes) = damage_first_segment(dir.path(), offset_of(2) + HEADER_BYTES + 7, 1);
+        let wal = Wal::open(dir.path(), 1, SEGMENT_BYTES_MAX).expect("open");
+        let error = wal.read(0, 0).expect_err("partition 0 must stop");
+        let text = error.to_string();
+        assert!(
+            text.contains(&segment_name(1)) && text.contains(&format!("byte {}", offset_of(2))),
+            "{text}"
+        );
+        assert_eq!(std::fs::read(&path).expect("read").len(), bytes.len());
+        drop(wal);
+        // The header too: the store is refused, naming the file and offset.
+        damage_first_segment(dir.path(), offset_of(2), 0xff);
+        let error = Wal::open(dir.path(), 1, SEGMENT_BYTES_MAX)
+            .err()
+            .expect("must refuse");
+        let text = error.to_string();
+        assert!(
+            text.contains(&segment_name(1)) && text.contains(&format!("byte {}", offset_of(2))),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_segment_of_the_old_format_is_refused_by_name() {
+        // A version 1 frame: a 24-byte header without the durable offset.
+        let body = body(1);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&0u32.to_le_bytes());
+        crc.update(&1u64.to_le_bytes());
+        crc.update(&(body.len() as u32).to_le_bytes());
+        crc.update(&body);
+        let mut frame = b"LAW1".to_vec();
+        frame.extend_from_slice(&0u32.to_le_bytes());
+        frame.extend_from_slice(&1u64.to_le_bytes());
+        frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&crc.finalize().to_le_bytes());
+        frame.extend_from_slice(&body);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(segment_name(1));
+        std::fs::write(&path, &frame).expect("write");
+        let error = Wal::open(dir.path(), 1, SEGMENT_BYTES_MAX)
+            .err()
+            .expect("an old segment must be refused, not misread");
+        let text = error.to_string();
+        assert!(
+            text.contains(&segment_name(1)) && text.contains("format version 1"),
+            "{text}"
+        );
+        assert_eq!(std::fs::read(&path).expect("read"), frame, "left as it was");
     }
 
     #[test]

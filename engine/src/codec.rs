@@ -10,8 +10,8 @@
 //! far more often refused than misread, and `rmp-serde` measured about 0.6-0.8 µs per
 //! encode + decode of a transfer on this project's machine. The compact form is used:
 //!
-//! * Structs are arrays of their fields, in declaration order, without names (half the
-//!   size and time of the map form). Positional: adding, removing, reordering or retyping
+//! * Structs are arrays of their fields, in declaration order, without names (about half
+//!   the size of the map form, and faster). Positional: adding, removing, reordering or retyping
 //!   a field of a stored type changes the format. That is what the version is for.
 //! * Enum variants are written by *name* (`rmp-serde` 1.3 always does): a unit variant is
 //!   its name as a string, a variant with fields a one-entry map from the name to the
@@ -21,7 +21,9 @@
 //!   length ([`BytesMode::ForceAll`]), instead of arrays of one integer per byte (which
 //!   take up to two bytes each). The decoder reads `bin` into any sequence of `u8`. A short
 //!   array whose bytes are all below 128 stays an array: equally small.
-//! * `i128` balances are a 16-byte big-endian `bin`; `None` is `nil`.
+//! * `i128` balances are a 16-byte big-endian `bin` (18 bytes even for zero: most of a
+//!   snapshot's account entries); `None` is `nil`, so a stored `Option<Option<T>>` would
+//!   read `Some(None)` back as `None`: no stored type has one.
 //! * Trailing bytes after the body are refused, so a garbled or mis-framed record is
 //!   detected rather than half-read.
 //!
@@ -41,6 +43,11 @@
 //! a reader refuse a record from a newer build, naming the kind and both versions, instead
 //! of guessing. Every refusal is a [`CodecError`]; callers map it into the `EngineError`
 //! that names the partition and the record's key.
+//!
+//! The partition state (`machine::snapshot`) still carries a `version` field of its own
+//! from before the envelope, checked after decoding. It is redundant: the envelope's
+//! [`RecordKind::PartitionState`] version is the one to bump; the field can go in a
+//! format version of its own.
 //!
 //! The golden-byte tests in `engine/tests/formats.rs` pin the exact bytes of a sample of
 //! every record kind and every enum variant that can be stored: a change to a stored type

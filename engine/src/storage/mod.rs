@@ -8,6 +8,8 @@
 //!   frames durable. Each frame also records how far its segment was durable when it was
 //!   appended, so that at open a tail written after the last sync (torn, or lost pages
 //!   followed by surviving ones) is cut, while damage to synced frames is refused.
+//!   `wal/held/{p}`: the records of a stopped partition p set aside
+//!   ([`Storage::set_aside_partition`]) so that the log can be trimmed without it.
 //! * `sled/`, one sled database with several trees:
 //!   * `snap/{p}`: the latest snapshot of partition p's state, split into chunks of at most
 //!     [`CHUNK_BYTES_MAX`] because sled 0.34 writes larger values as separate blob files
@@ -133,6 +135,19 @@ pub trait Storage: Send + Sync + 'static {
     /// Drops batch records up to and including `upto` (they are in a snapshot), after
     /// making that snapshot durable. Only garbage collection: it may keep more.
     fn truncate_batches(&self, partition: u32, upto: u64) -> Result<(), EngineError>;
+    /// Sets a stopped partition's batch records aside, so that WAL trimming stops waiting
+    /// for it: its records after the batch its snapshot covers are copied, byte for byte,
+    /// into a file of their own (made durable before this returns), and `batches_after`
+    /// keeps returning them (then any newer ones), also after a restart, so the partition
+    /// recovers once it is repaired. Its first `truncate_batches` past them deletes the
+    /// copy. Call it only for a partition that has stopped: records it writes afterwards
+    /// hold the log back again. See [`wal::Wal::set_aside`]. A store that cannot (a test
+    /// double) refuses, and the log then keeps waiting for the partition.
+    fn set_aside_partition(&self, partition: u32) -> Result<(), EngineError> {
+        Err(EngineError::Storage(format!(
+            "this store cannot set partition {partition}'s records aside"
+        )))
+    }
     /// Bumps and returns the partition's owner epoch (durable at the next `sync`).
     fn next_epoch(&self, partition: u32) -> Result<u64, EngineError>;
     /// Writes finished transfers to the archive (durable after `sync_archive`).
@@ -525,6 +540,10 @@ impl Storage for Store {
         self.wal.trim(partition, upto)
     }
 
+    fn set_aside_partition(&self, partition: u32) -> Result<(), EngineError> {
+        self.wal.set_aside(partition)
+    }
+
     fn next_epoch(&self, partition: u32) -> Result<u64, EngineError> {
         let key = format!("epoch/{partition}");
         let current = match self.meta.get(&key).map_err(storage_err)? {
@@ -789,6 +808,38 @@ mod tests {
             .expect_err("appends are refused");
         let reason = store.failed().expect("the store reports why it stopped");
         assert!(reason.contains("injected"), "{reason}");
+    }
+
+    #[test]
+    fn a_stopped_partition_set_aside_lets_the_others_trim() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inputs: Vec<_> = (0..200)
+            .map(|i| (Command::Tick { now_ms: i }, None))
+            .collect();
+        {
+            let store = Store::open_with(dir.path(), 2, 8 << 20, 4 * 1024).expect("open");
+            for seq in 1..=20u64 {
+                for partition in 0..2 {
+                    store
+                        .append_batch(partition, &borrowed(seq, &inputs))
+                        .expect("append");
+                }
+            }
+            store.sync().expect("sync");
+            // Partition 1 is stopped and never trims: the log hardly shrinks.
+            store.truncate_batches(0, 20).expect("truncate");
+            assert!(store.wal.segments() > 10, "{}", store.wal.segments());
+            store.set_aside_partition(1).expect("set aside");
+            store.truncate_batches(0, 20).expect("truncate");
+            assert_eq!(store.wal.segments(), 1);
+        }
+        let store = Store::open_with(dir.path(), 2, 8 << 20, 4 * 1024).expect("reopen");
+        let records = store.batches_after(1, 0).expect("read");
+        assert_eq!(
+            records.iter().map(|r| r.batch_seq).collect::<Vec<_>>(),
+            (1..=20).collect::<Vec<_>>()
+        );
+        assert!(records.iter().all(|r| r.inputs.len() == 200));
     }
 
     #[test]

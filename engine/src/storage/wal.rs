@@ -7,6 +7,16 @@
 //! other file in `wal/` (an editor's backup, `lost+found`) is ignored with a warning that
 //! names it; a file named exactly like a segment is checked like one.
 //!
+//! A partition that has stopped (a corrupt record, a failed recovery) never snapshots, so
+//! it would hold every segment forever and fill the disk for all the others.
+//! [`Wal::set_aside`] copies its frames past its snapshot, byte for byte (damaged ones
+//! too, so the damage is still reported), into `wal/held/{p}`: written as a `.tmp` file,
+//! fdatasynced, renamed, directory synced. Trimming then counts the partition as covered
+//! up to the last frame held; [`Wal::read`] returns the held frames, then newer ones from
+//! the segments, so a restart after the repair recovers the partition unchanged. The held
+//! file goes when the partition's own snapshot covers it. A held file was synced whole
+//! before it was used, so its frames need no durable-offset reasoning.
+//!
 //! Frame layout, format version [`FORMAT_VERSION`] (little endian, 32-byte header):
 //!
 //! ```text
@@ -90,6 +100,9 @@ struct Inner {
     covered: Vec<u64>,
     /// Set by a failed write: nothing more is written or acknowledged.
     failed: Option<String>,
+    /// Per partition, the last batch sequence in its held file (0: none): its frames up
+    /// to there are set aside (see [`Wal::set_aside`]), so trimming does not wait for them.
+    held_upto: Vec<u64>,
 }
 
 pub struct Wal {
@@ -100,6 +113,10 @@ pub struct Wal {
     /// Test-only fault: the next fdatasync fails without syncing (see
     /// [`Wal::inject_sync_failure`]). Off unless a test arms it.
     sync_fault_armed: AtomicBool,
+    /// Held by `trim` and `set_aside` for their whole run (files included), so that a
+    /// segment is never deleted while it is being copied aside. Never taken on the
+    /// append or sync path.
+    maintenance: Mutex<()>,
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> EngineError {
@@ -112,6 +129,13 @@ fn corrupt(partition: u32, what: String, detail: impl std::fmt::Display) -> Engi
         what,
         detail: detail.to_string(),
     }
+}
+
+/// The directory under the log's where set-aside frames are kept, one file per partition.
+const HELD_DIR: &str = "held";
+
+fn held_name(partition: u32) -> String {
+    format!("{HELD_DIR}/{partition}")
 }
 
 fn segment_name(index: u64) -> String {
@@ -218,6 +242,72 @@ fn frame_at(bytes: &[u8], at: usize) -> At<'_> {
     }
 }
 
+/// The owner, batch and end of a frame at `at` that is whole, its CRC matching or not;
+/// `None` where no frame can be read.
+fn raw_frame_at(bytes: &[u8], at: usize) -> Option<(u32, u64, usize)> {
+    match frame_at(bytes, at) {
+        At::Intact {
+            partition,
+            batch_seq,
+            end,
+            ..
+        }
+        | At::Damaged {
+            partition,
+            batch_seq,
+            end,
+        } => Some((partition, batch_seq, end)),
+        At::Unreadable => None,
+    }
+}
+
+/// The frames of `partition` above `after` in `bytes` (a segment, or a held file), in
+/// order. `what` names the file for errors.
+fn frames_in(
+    bytes: &[u8],
+    what: &str,
+    partition: u32,
+    after: u64,
+    out: &mut Vec<(u64, Vec<u8>)>,
+) -> Result<(), EngineError> {
+    let mut at = 0;
+    while at < bytes.len() {
+        let here = || format!("{what} at byte {at}");
+        at = match frame_at(bytes, at) {
+            At::Intact {
+                partition: owner,
+                batch_seq,
+                body,
+                end,
+                ..
+            } => {
+                if owner == partition && batch_seq > after {
+                    out.push((batch_seq, body.to_vec()));
+                }
+                end
+            }
+            At::Damaged {
+                partition: owner,
+                batch_seq,
+                end,
+            } => {
+                if owner == partition && batch_seq > after {
+                    return Err(corrupt(partition, here(), "damaged frame"));
+                }
+                end
+            }
+            At::Unreadable => return Err(corrupt(partition, here(), "unreadable frame")),
+        };
+    }
+    Ok(())
+}
+
+/// The partition a held file's name (its decimal number, nothing else) stands for.
+fn held_partition(name: &str) -> Option<u32> {
+    let partition: u32 = name.parse().ok()?;
+    (partition.to_string() == name).then_some(partition)
+}
+
 /// Whether an intact frame starting anywhere in `bytes` after `damage` says that the
 /// byte at `damage` was already durable when it was appended (its durable offset is past
 /// `damage`). If none does, everything from `damage` on was written after the last
@@ -256,6 +346,12 @@ fn refuse_if_stopped(inner: &Inner) -> Result<(), EngineError> {
     }
 }
 
+fn lock_ignoring_poison<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn sync_dir(dir: &Path) -> Result<(), EngineError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -279,6 +375,9 @@ impl Wal {
             let entry = entry.map_err(|e| io_err("listing", dir, e))?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
+            if name == HELD_DIR {
+                continue;
+            }
             match segment_index(&name) {
                 Some(index) => indexes.push(index),
                 // An editor's backup or `lost+found` must not take the hub down; a file
@@ -292,6 +391,7 @@ impl Wal {
             let newest = position + 1 == indexes.len();
             segments.push_back(Self::check_segment(dir, index, partitions, newest)?);
         }
+        let held_upto = Self::check_held(dir, partitions)?;
         let wal = Wal {
             dir: dir.to_path_buf(),
             partitions,
@@ -300,8 +400,10 @@ impl Wal {
                 segments,
                 covered: vec![0; partitions as usize],
                 failed: None,
+                held_upto,
             }),
             sync_fault_armed: AtomicBool::new(false),
+            maintenance: Mutex::new(()),
         };
         if wal.lock().segments.is_empty() {
             let first = wal.create_segment(1)?;
@@ -398,6 +500,49 @@ impl Wal {
         })
     }
 
+    /// Finds the held files and the last batch each holds. A `.tmp` file is a set-aside
+    /// that a crash interrupted before its rename: the log still has those frames (the
+    /// older held file, if any, is whole), so it is deleted. Damage in a held file is left
+    /// for `read` to report: it stops only that partition.
+    fn check_held(dir: &Path, partitions: u32) -> Result<Vec<u64>, EngineError> {
+        let mut held_upto = vec![0u64; partitions as usize];
+        let held_dir = dir.join(HELD_DIR);
+        if !held_dir.is_dir() {
+            return Ok(held_upto);
+        }
+        let listing = std::fs::read_dir(&held_dir).map_err(|e| io_err("listing", &held_dir, e))?;
+        for entry in listing {
+            let entry = entry.map_err(|e| io_err("listing", &held_dir, e))?;
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.strip_suffix(".tmp").and_then(held_partition).is_some() {
+                tracing::warn!(file = %path.display(), "deleting an interrupted set-aside");
+                std::fs::remove_file(&path).map_err(|e| io_err("deleting", &path, e))?;
+                continue;
+            }
+            let Some(partition) = held_partition(&name) else {
+                tracing::warn!(file = %path.display(), "ignoring a file that is not a held file");
+                continue;
+            };
+            let slot = held_upto.get_mut(partition as usize).ok_or_else(|| {
+                EngineError::Config(format!(
+                    "wal/{} holds frames of partition {partition}, but there are {partitions}",
+                    held_name(partition)
+                ))
+            })?;
+            let bytes = std::fs::read(&path).map_err(|e| io_err("reading", &path, e))?;
+            let mut at = 0;
+            while let Some((owner, batch_seq, end)) = raw_frame_at(&bytes, at) {
+                if owner == partition {
+                    *slot = (*slot).max(batch_seq);
+                }
+                at = end;
+            }
+        }
+        Ok(held_upto)
+    }
+
     fn cut_unsynced_tail(path: &Path, at: usize, len: usize) -> Result<(), EngineError> {
         tracing::warn!(
             segment = %path.display(),
@@ -434,9 +579,7 @@ impl Wal {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves nothing half-done that a later caller
         // could misread (`failed` guards partial writes), so poisoning is ignored.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock_ignoring_poison(&self.inner)
     }
 
     /// Appends one frame (durable after the next [`Wal::sync`]).
@@ -542,54 +685,37 @@ impl Wal {
         self.sync_fault_armed.store(true, Ordering::Release);
     }
 
-    /// The frames of `partition` with a batch sequence above `after`, in log order.
+    /// The frames of `partition` with a batch sequence above `after`, in log order: first
+    /// those set aside in its held file, then those in the segments.
     pub fn read(&self, partition: u32, after: u64) -> Result<Vec<(u64, Vec<u8>)>, EngineError> {
-        let wanted: Vec<(u64, u64)> = self
-            .lock()
-            .segments
-            .iter()
-            .filter(|s| {
-                s.last_seq
-                    .get(partition as usize)
-                    .is_some_and(|&l| l > after)
-            })
-            .map(|s| (s.index, s.len))
-            .collect();
+        let (held_upto, wanted) = {
+            let inner = self.lock();
+            let held_upto = inner.held_upto[partition as usize];
+            // The log's own copies of held frames are skipped: the held file has them.
+            let from = after.max(held_upto);
+            let wanted: Vec<(u64, u64)> = inner
+                .segments
+                .iter()
+                .filter(|s| s.last_seq[partition as usize] > from)
+                .map(|s| (s.index, s.len))
+                .collect();
+            (held_upto, wanted)
+        };
         let mut out = Vec::new();
+        if held_upto > after {
+            let path = self.dir.join(held_name(partition));
+            let bytes = std::fs::read(&path).map_err(|e| io_err("reading", &path, e))?;
+            let what = format!("wal/{}", held_name(partition));
+            frames_in(&bytes, &what, partition, after, &mut out)?;
+        }
+        let from = after.max(held_upto);
         for (index, len) in wanted {
             let path = self.dir.join(segment_name(index));
             let mut bytes = std::fs::read(&path).map_err(|e| io_err("reading", &path, e))?;
             // Frames appended after we looked are not ours to read yet.
             bytes.truncate(len as usize);
-            let mut at = 0;
-            while at < bytes.len() {
-                let what = || format!("wal/{} at byte {at}", segment_name(index));
-                at = match frame_at(&bytes, at) {
-                    At::Intact {
-                        partition: owner,
-                        batch_seq,
-                        body,
-                        end,
-                        ..
-                    } => {
-                        if owner == partition && batch_seq > after {
-                            out.push((batch_seq, body.to_vec()));
-                        }
-                        end
-                    }
-                    At::Damaged {
-                        partition: owner,
-                        batch_seq,
-                        end,
-                    } => {
-                        if owner == partition && batch_seq > after {
-                            return Err(corrupt(partition, what(), "damaged frame"));
-                        }
-                        end
-                    }
-                    At::Unreadable => return Err(corrupt(partition, what(), "unreadable frame")),
-                };
-            }
+            let what = format!("wal/{}", segment_name(index));
+            frames_in(&bytes, &what, partition, from, &mut out)?;
         }
         Ok(out)
     }
@@ -597,33 +723,138 @@ impl Wal {
     /// Records that `partition`'s frames up to `upto` are in a durable snapshot and deletes
     /// the oldest segments that no partition needs any more. The caller must have made
     /// that snapshot durable first.
+    ///
+    /// A partition set aside ([`Wal::set_aside`]) counts as covered up to the end of its
+    /// held file; once its own snapshot covers that, the held file is deleted too.
     pub fn trim(&self, partition: u32, upto: u64) -> Result<(), EngineError> {
-        let doomed: Vec<u64> = {
+        let _maintenance = lock_ignoring_poison(&self.maintenance);
+        let (doomed, held_done) = {
             let mut inner = self.lock();
-            let covered = &mut inner.covered[partition as usize];
-            *covered = (*covered).max(upto);
+            let p = partition as usize;
+            inner.covered[p] = inner.covered[p].max(upto);
+            let held_done = inner.held_upto[p] > 0 && inner.covered[p] >= inner.held_upto[p];
+            if held_done {
+                inner.held_upto[p] = 0;
+            }
             let mut doomed = Vec::new();
             while inner.segments.len() > 1 {
                 let oldest = inner.segments.front().expect("len > 1");
                 let needed = oldest
                     .last_seq
                     .iter()
-                    .zip(&inner.covered)
-                    .any(|(last, covered)| last > covered);
+                    .zip(inner.covered.iter().zip(&inner.held_upto))
+                    .any(|(last, (covered, held))| last > covered.max(held));
                 if needed {
                     break;
                 }
                 doomed.push(oldest.index);
                 inner.segments.pop_front();
             }
-            doomed
+            (doomed, held_done)
         };
         // Only garbage collection: a segment that survives a crash holds nothing past a
-        // durable snapshot, and recovery reads only what follows the snapshot.
+        // durable snapshot or a held file, and recovery reads only what follows the
+        // snapshot.
         for index in doomed {
             let path = self.dir.join(segment_name(index));
             std::fs::remove_file(&path).map_err(|e| io_err("deleting", &path, e))?;
         }
+        if held_done {
+            let path = self.dir.join(held_name(partition));
+            std::fs::remove_file(&path).map_err(|e| io_err("deleting", &path, e))?;
+            tracing::info!(
+                partition,
+                "set-aside WAL frames deleted: a snapshot covers them"
+            );
+        }
+        Ok(())
+    }
+
+    /// Sets a stopped partition's frames aside, so that trimming stops waiting for it.
+    ///
+    /// Copies every frame of `partition` above the batch its snapshot covers (as far as
+    /// [`Wal::trim`] was told; all of its frames if never), damaged ones included, byte for
+    /// byte, into `wal/held/{partition}` (written to a `.tmp` file, fdatasynced, renamed,
+    /// directory synced), then counts the partition as covered up to the last batch
+    /// copied. From then on [`Wal::read`] returns the held frames first, then any newer
+    /// ones from the segments, so a restart after the repair recovers the partition as if
+    /// nothing had been moved; its first trim past the held frames deletes the file. Frames
+    /// the partition appends later hold their segments as before. Calling it again adds
+    /// the newer frames. It does not stop the partition: the caller has already.
+    pub fn set_aside(&self, partition: u32) -> Result<(), EngineError> {
+        assert!(
+            partition < self.partitions,
+            "partition {partition} out of range"
+        );
+        let _maintenance = lock_ignoring_poison(&self.maintenance);
+        let (covered, held_upto, wanted) = {
+            let inner = self.lock();
+            refuse_if_stopped(&inner)?;
+            let p = partition as usize;
+            let (covered, held_upto) = (inner.covered[p], inner.held_upto[p]);
+            let wanted: Vec<(u64, u64)> = inner
+                .segments
+                .iter()
+                .filter(|s| s.last_seq[p] > covered.max(held_upto))
+                .map(|s| (s.index, s.len))
+                .collect();
+            (covered, held_upto, wanted)
+        };
+        let mut held = Vec::new();
+        let mut last = 0;
+        let mut copy = |bytes: &[u8], what: &str, above: u64| -> Result<(), EngineError> {
+            let mut at = 0;
+            while at < bytes.len() {
+                let (owner, batch_seq, end) = raw_frame_at(bytes, at).ok_or_else(|| {
+                    corrupt(
+                        partition,
+                        format!("{what} at byte {at}"),
+                        "unreadable frame",
+                    )
+                })?;
+                if owner == partition && batch_seq > above {
+                    held.extend_from_slice(&bytes[at..end]);
+                    last = batch_seq;
+                }
+                at = end;
+            }
+            Ok(())
+        };
+        if held_upto > covered {
+            let path = self.dir.join(held_name(partition));
+            let bytes = std::fs::read(&path).map_err(|e| io_err("reading", &path, e))?;
+            copy(&bytes, &format!("wal/{}", held_name(partition)), covered)?;
+        }
+        for (index, len) in wanted {
+            let path = self.dir.join(segment_name(index));
+            let mut bytes = std::fs::read(&path).map_err(|e| io_err("reading", &path, e))?;
+            bytes.truncate(len as usize);
+            let what = format!("wal/{}", segment_name(index));
+            copy(&bytes, &what, covered.max(held_upto))?;
+        }
+        if last <= held_upto {
+            return Ok(()); // nothing new to set aside
+        }
+        let held_dir = self.dir.join(HELD_DIR);
+        std::fs::create_dir_all(&held_dir).map_err(|e| io_err("creating", &held_dir, e))?;
+        sync_dir(&self.dir)?;
+        let path = self.dir.join(held_name(partition));
+        let tmp = self.dir.join(format!("{}.tmp", held_name(partition)));
+        File::create(&tmp)
+            .and_then(|mut file| {
+                file.write_all(&held)?;
+                file.sync_all()
+            })
+            .map_err(|e| io_err("writing", &tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io_err("renaming", &tmp, e))?;
+        sync_dir(&held_dir)?;
+        self.lock().held_upto[partition as usize] = last;
+        tracing::warn!(
+            partition,
+            upto = last,
+            bytes = held.len(),
+            "WAL frames of a stopped partition set aside; trimming no longer waits for it"
+        );
         Ok(())
     }
 
@@ -977,6 +1208,80 @@ mod tests {
             "{text}"
         );
         assert_eq!(std::fs::read(&path).expect("read"), frame, "left as it was");
+    }
+
+    #[test]
+    fn a_partition_set_aside_no_longer_holds_trimming_back_and_keeps_its_frames() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seqs = |frames: &[(u64, Vec<u8>)]| frames.iter().map(|(s, _)| *s).collect::<Vec<_>>();
+        {
+            let wal = Wal::open(dir.path(), 2, 500).expect("open");
+            for seq in 1..=30 {
+                wal.append(0, seq, &body(1)).expect("append");
+                wal.append(1, seq, &body(2)).expect("append");
+            }
+            wal.sync().expect("sync");
+            // Partition 1 stopped: it never snapshots, so it never trims.
+            wal.trim(0, 30).expect("trim");
+            let before = wal.segments();
+            assert!(before > 3);
+            wal.set_aside(1).expect("set aside");
+            wal.trim(0, 30).expect("trim");
+            assert_eq!(wal.segments(), 1, "only the segment being written is left");
+            let frames = wal.read(1, 0).expect("read");
+            assert_eq!(seqs(&frames), (1..=30).collect::<Vec<_>>());
+            assert!(frames.iter().all(|(_, b)| *b == body(2)));
+            // A frame partition 1 writes after being set aside still holds its segment.
+            wal.append(1, 31, &body(2)).expect("append");
+            for seq in 31..=40 {
+                wal.append(0, seq, &body(1)).expect("append");
+            }
+            wal.sync().expect("sync");
+            wal.trim(0, 40).expect("trim");
+            assert_eq!(seqs(&wal.read(1, 29).expect("read")), vec![30, 31]);
+        }
+        // After a restart the set-aside frames are still there, then the newer one.
+        let wal = Wal::open(dir.path(), 2, 500).expect("reopen");
+        assert_eq!(
+            seqs(&wal.read(1, 0).expect("read")),
+            (1..=31).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            seqs(&wal.read(1, 12).expect("read")),
+            (13..=31).collect::<Vec<_>>()
+        );
+        assert!(wal.read(0, 40).expect("read").is_empty());
+        // Partition 1 recovered and snapshotted: what was set aside goes.
+        wal.trim(1, 31).expect("trim");
+        assert!(!dir.path().join("held").join("1").exists());
+        // Only the log's own copy of batch 31 is left, until its segment is trimmed.
+        assert_eq!(seqs(&wal.read(1, 0).expect("read")), vec![31]);
+    }
+
+    #[test]
+    fn a_damaged_frame_set_aside_still_stops_its_partition() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Segment 1 holds partition 0's batch 1, partition 1's batch 1, partition 0's
+        // batch 2; damage the body of partition 1's batch 1.
+        written(dir.path(), 2, 500, 10);
+        let at = HEADER_BYTES + body(1).len() + HEADER_BYTES + 5;
+        damage_first_segment(dir.path(), at, 0x10);
+        let wal = Wal::open(dir.path(), 2, 500).expect("open");
+        wal.trim(0, 10).expect("trim");
+        wal.set_aside(1).expect("set aside");
+        wal.trim(0, 10).expect("trim");
+        assert!(!dir.path().join(segment_name(1)).exists(), "trimmed");
+        let error = wal.read(1, 0).expect_err("the damage was carried along");
+        assert!(
+            matches!(error, EngineError::Corrupt { partition: 1, .. })
+                && error.to_string().contains("held/1 at byte 0"),
+            "{error}"
+        );
+        let rest = wal.read(1, 1).expect("past the damaged batch");
+        assert_eq!(
+            rest.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            (2..=10).collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -181,6 +181,9 @@ struct Shared {
     events_shed: AtomicU64,
     next_request_id: AtomicU64,
     shutting_down: AtomicBool,
+    /// Set to `true` by `shutdown`: wakes the ticker and idle actors at once (they do not
+    /// poll for it).
+    stop: tokio::sync::watch::Sender<bool>,
     syncer: mpsc::Sender<SyncMsg>,
     archiver: mpsc::Sender<ArchiveMsg>,
     /// `archived_upto[p]`: every finished transfer of partition p's batches up to this one
@@ -324,6 +327,7 @@ impl Hub {
             events_shed: AtomicU64::new(0),
             next_request_id: AtomicU64::new((now_ms() as u64) << 16),
             shutting_down: AtomicBool::new(false),
+            stop: tokio::sync::watch::channel(false).0,
             syncer: sync_tx,
             archiver: archive_tx,
             archived_upto: recovered
@@ -448,6 +452,7 @@ impl Hub {
                 client_rx,
                 peer_rx,
                 query_rx,
+                stop: shared.stop.subscribe(),
                 last_snapshot_batch: rec.snapshot_batch,
             };
             let span = info_span!("partition", partition = p, epoch = epoch);
@@ -474,20 +479,15 @@ impl Hub {
             self.shared.limits.tick_interval_ms.max(1),
         ));
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut stop = self.shared.stop.subscribe();
         loop {
-            interval.tick().await;
-            if self.shared.shutting_down.load(Ordering::Relaxed) {
-                return;
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = stop.wait_for(|stopping| *stopping) => return,
             }
             let now = now_ms();
             for (p, peer) in self.shared.peers.iter().enumerate() {
-                // At most one tick pending per partition keeps the peer lane bounded.
-                if !self.shared.stats[p]
-                    .tick_pending
-                    .swap(true, Ordering::AcqRel)
-                {
-                    let _ = peer.try_send(Command::Tick { now_ms: now });
-                }
+                offer_tick(&self.shared.stats[p].tick_pending, peer, now);
             }
         }
     }
@@ -651,6 +651,14 @@ impl Hub {
         known.then_some(view)
     }
 
+    /// How far partition `receiver` has told `sender` it has durably applied its peer
+    /// messages (for tests of the confirmation rule).
+    #[doc(hidden)]
+    pub fn confirmed_watermark(&self, receiver: u32, sender: u32) -> u64 {
+        let n = self.shared.partitions as usize;
+        self.shared.confirmed[receiver as usize * n + sender as usize].load(Ordering::Acquire)
+    }
+
     pub fn partitions(&self) -> Vec<PartitionStatus> {
         (0..self.shared.partitions)
             .map(|p| {
@@ -727,6 +735,7 @@ impl Hub {
     /// Stops taking commands, lets every actor finish its batch, flushes, and waits.
     pub async fn shutdown(&self) {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
+        self.shared.stop.send_replace(true);
         let tasks = std::mem::take(&mut *lock(&self.shared.tasks));
         for task in tasks {
             let _ = task.await;
@@ -932,6 +941,15 @@ fn run_compactor(store: Arc<dyn Storage>, stop: Arc<AtomicBool>, retention_ms: i
     }
 }
 
+/// Sends a tick to a partition unless one is already pending there (at most one pending
+/// tick per partition keeps the peer lane bounded). A tick that cannot be sent (a full
+/// or closed lane) is not pending: the next round offers it again.
+fn offer_tick(pending: &AtomicBool, lane: &mpsc::Sender<Command>, now_ms: TimestampMs) {
+    if !pending.swap(true, Ordering::AcqRel) && lane.try_send(Command::Tick { now_ms }).is_err() {
+        pending.store(false, Ordering::Release);
+    }
+}
+
 /// Hub time carried by a command, if any.
 fn command_time(command: &Command) -> Option<TimestampMs> {
     match command {
@@ -1115,6 +1133,8 @@ struct Actor {
     client_rx: mpsc::Receiver<ClientRequest>,
     peer_rx: mpsc::Receiver<Command>,
     query_rx: mpsc::Receiver<Query>,
+    /// Turns `true` when the hub shuts down.
+    stop: tokio::sync::watch::Receiver<bool>,
     last_snapshot_batch: u64,
 }
 
@@ -1159,6 +1179,9 @@ impl Answer {
 /// Batches applied ahead of durability, per partition: batch k+1 is applied while batch
 /// k is being synced.
 const PIPELINE_DEPTH_MAX: usize = 2;
+/// An idle actor wakes at least this often (to offer results the event channel had no
+/// room for).
+const IDLE_TURN_MS: u64 = 50;
 
 impl Actor {
     async fn run(mut self) {
@@ -1211,7 +1234,9 @@ impl Actor {
                         replies.extend(request.reply);
                     }
                     Some(query) = self.query_rx.recv() => { self.answer(query).send(); continue; }
-                    _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                    _ = self.stop.changed() => continue,
+                    // Results the event channel had no room for are offered again.
+                    _ = tokio::time::sleep(Duration::from_millis(IDLE_TURN_MS)) => continue,
                 }
                 self.wait_for_more(&mut commands, &mut replies, batch_max)
                     .await;
@@ -1648,5 +1673,30 @@ impl Actor {
         });
         self.last_snapshot_batch = snapshot.batch_seq;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_tick_that_finds_the_lane_full_is_offered_again() {
+        let (lane, mut partition) = mpsc::channel(1);
+        let pending = AtomicBool::new(false);
+        lane.try_send(Command::Tick { now_ms: 0 })
+            .expect("room for one");
+        offer_tick(&pending, &lane, 1);
+        assert!(
+            !pending.load(Ordering::Acquire),
+            "a tick that was not sent must not count as pending"
+        );
+        partition.recv().await.expect("the first tick");
+        offer_tick(&pending, &lane, 2);
+        assert!(matches!(
+            partition.try_recv(),
+            Ok(Command::Tick { now_ms: 2 })
+        ));
+        assert!(pending.load(Ordering::Acquire), "sent and not yet applied");
     }
 }

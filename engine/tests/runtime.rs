@@ -450,3 +450,180 @@ async fn a_transfer_id_is_deduplicated_for_the_retention_window_and_then_forgott
     assert_eq!((payer.position, payer.reserved), (1_000, 1_000));
     hub.shutdown().await;
 }
+
+/// Writes a WAL record for `partition` after its last one, as another owner would.
+fn append_foreign_record(dir: &Path, partition: u32, epoch: u64) {
+    let store = Store::open(dir, PARTITIONS, 8 << 20).expect("store");
+    let next = store
+        .batches_after(partition, 0)
+        .expect("read")
+        .last()
+        .map(|r| r.batch_seq)
+        .unwrap_or(0)
+        + 1;
+    let inputs = [(Command::Tick { now_ms: now_ms() }, None)];
+    store
+        .append_batch(
+            partition,
+            &engine::storage::WalRecordRef {
+                batch_seq: next,
+                epoch,
+                inputs: inputs.iter().map(|(c, p)| (c, p)).collect(),
+            },
+        )
+        .expect("append");
+    store.sync().expect("sync");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_written_at_a_later_owner_epoch_stops_its_partition() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (hub, _events) = open(dir.path(), Limits::default());
+        provision(&hub, "payerfsp", 100_000, 100_000, 1).await;
+        hub.shutdown().await;
+    }
+    let victim = 2u32;
+    // This directory was opened once (epoch 1); its next start takes epoch 2, so a
+    // record of epoch 7 comes from an owner this node never was.
+    append_foreign_record(dir.path(), victim, 7);
+    let (hub, _events) = open(dir.path(), Limits::default());
+    let statuses = hub.partitions();
+    let reason = statuses[victim as usize]
+        .stopped
+        .clone()
+        .expect("the partition with a later owner's record is stopped");
+    assert!(
+        reason.contains(&format!("partition {victim}")) && reason.contains("epoch 7"),
+        "{reason}"
+    );
+    assert!(statuses
+        .iter()
+        .filter(|s| s.partition != victim)
+        .all(|s| s.stopped.is_none()));
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_partition_does_not_hold_wal_trimming_back_for_the_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let victim = 1u32;
+    {
+        let (hub, _events) = open(dir.path(), Limits::default());
+        provision(&hub, "payerfsp", 10_000_000, 10_000_000, 1).await;
+        provision(&hub, "payeefsp", 10_000_000, 10_000_000, 2).await;
+        hub.shutdown().await;
+    }
+    {
+        let store = Store::open(dir.path(), PARTITIONS, 8 << 20).expect("store");
+        let next = store
+            .batches_after(victim, 0)
+            .expect("read")
+            .last()
+            .map(|r| r.batch_seq)
+            .unwrap_or(0)
+            + 1;
+        store
+            .append_encoded(victim, next, &[0xde, 0xad, 0xbe, 0xef])
+            .expect("write garbage");
+        store.sync().expect("sync");
+    }
+    // 1 KiB segments: the traffic below fills dozens of them, and the others' snapshots
+    // (every 3 batches) let them go unless the stopped partition holds them.
+    let store = Arc::new(Store::open_with(dir.path(), PARTITIONS, 8 << 20, 1024).expect("store"));
+    let fulfilment = [9u8; 32];
+    let condition: [u8; 32] = Sha256::digest(fulfilment).into();
+    {
+        let (hub, mut events) =
+            Hub::open_with_store(store.clone(), PARTITIONS, limits()).expect("hub");
+        assert!(hub.partitions()[victim as usize].stopped.is_some());
+        let mut done = 0;
+        for n in 1..=400u64 {
+            if hub.partition_of(&id(n)) == victim {
+                continue;
+            }
+            hub.prepare(now_ms(), prepare(n, "payerfsp", "payeefsp", 10, condition))
+                .await
+                .expect("prepare");
+            next_about(&mut events, id(n)).await;
+            fulfil_and_expect_commit(&hub, &mut events, now_ms(), n, fulfilment).await;
+            done += 1;
+        }
+        assert!(done > 200);
+        hub.shutdown().await;
+    }
+    let left: usize = (0..PARTITIONS)
+        .filter(|p| *p != victim)
+        .map(|p| store.batches_after(p, 0).expect("wal").len())
+        .sum();
+    assert!(
+        left <= 12 * PARTITIONS as usize,
+        "{left} WAL records of healthy partitions left: the stopped one holds trimming back"
+    );
+    // The stopped partition's records are all still there for the operator: its
+    // damaged record still stops it, naming the record.
+    let reason = store
+        .batches_after(victim, 0)
+        .expect_err("the damaged record is kept")
+        .to_string();
+    assert!(reason.contains(&format!("partition {victim}")), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decodable_but_inconsistent_snapshot_stops_only_its_partition() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let victim = 3u32;
+    {
+        let (hub, _events) = open(dir.path(), Limits::default());
+        provision(&hub, "payerfsp", 100_000, 100_000, 1).await;
+        hub.shutdown().await;
+    }
+    {
+        let store = Store::open(dir.path(), PARTITIONS, 8 << 20).expect("store");
+        let batch_seq = store
+            .batches_after(victim, 0)
+            .expect("read")
+            .last()
+            .map(|r| r.batch_seq)
+            .unwrap_or(0);
+        // A state that decodes but whose account reserves money no open transfer holds.
+        let mut state = engine::machine::PartitionState::new(victim, PARTITIONS, Limits::default());
+        state.batch_seq = batch_seq;
+        state
+            .accounts
+            .entry(AccountKey::new(fsp("payerfsp"), usd()))
+            .or_default()
+            .slice
+            .reserved = 500;
+        store
+            .write_snapshot(
+                victim,
+                &engine::storage::SnapshotRecord {
+                    batch_seq,
+                    state: state.snapshot_bytes(),
+                    unconfirmed: Vec::new(),
+                    unarchived: Vec::new(),
+                    outbox: Vec::new(),
+                    next_event_seq: 0,
+                },
+            )
+            .expect("snapshot");
+        store.sync().expect("sync");
+        store.truncate_batches(victim, batch_seq).expect("durable");
+    }
+    let (hub, _events) = open(dir.path(), Limits::default());
+    let statuses = hub.partitions();
+    let reason = statuses[victim as usize]
+        .stopped
+        .clone()
+        .expect("the partition with the inconsistent snapshot is stopped");
+    assert!(
+        reason.contains(&format!("partition {victim}")) && reason.contains("reserved"),
+        "{reason}"
+    );
+    assert!(statuses
+        .iter()
+        .filter(|s| s.partition != victim)
+        .all(|s| s.stopped.is_none()));
+    hub.shutdown().await;
+}

@@ -278,16 +278,24 @@ impl Hub {
         // 1. Recover every partition before any actor runs.
         // A partition that cannot recover (say, a corrupt record) stays stopped with the
         // error naming the record; the others start.
-        let mut recovered = Vec::with_capacity(n);
-        for p in 0..partitions {
-            recovered.push(recover(&*store, p, partitions, &limits).map_err(|e| {
-                error!(partition = p, error = %e, "partition stopped: recovery failed");
-                e.to_string()
-            }));
-        }
+        // Each partition's new epoch is taken first: every WAL record must carry an
+        // earlier one (a record from a later owner than this one is not ours to replay).
         let mut epochs = Vec::with_capacity(n);
         for p in 0..partitions {
             epochs.push(store.next_epoch(p)?);
+        }
+        let mut recovered = Vec::with_capacity(n);
+        for (p, epoch) in (0..partitions).zip(&epochs) {
+            let result = recover_or_stop(&*store, p, partitions, *epoch, &limits);
+            if let Err(reason) = &result {
+                error!(partition = p, error = %reason, "partition stopped: recovery failed");
+                // Its frames are kept aside, so that it does not hold WAL trimming back
+                // for every other partition while an operator looks at it.
+                if let Err(e) = store.set_aside_partition(p) {
+                    error!(partition = p, error = %e, "setting a stopped partition's WAL aside failed");
+                }
+            }
+            recovered.push(result);
         }
         store.sync()?;
 
@@ -1009,10 +1017,41 @@ struct Recovered {
 /// Snapshot + replay of the WAL after it. Replaying gives the same outputs the original
 /// run gave: its messages are re-sent (receivers drop duplicates), its finished transfers
 /// re-archived, its events republished (callbacks are at least once).
+/// [`recover`], with a panic on the way (a broken ledger invariant found while replaying a
+/// decodable but wrong record) stopping this partition only, not the whole hub.
+fn recover_or_stop(
+    store: &dyn Storage,
+    partition: u32,
+    partitions: u32,
+    epoch: u64,
+    limits: &Limits,
+) -> Result<Recovered, String> {
+    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        recover(store, partition, partitions, epoch, limits)
+    }));
+    match attempt {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(panic) => Err(format!(
+            "partition {partition}: recovery stopped on a broken invariant: {}",
+            panic_message(panic.as_ref())
+        )),
+    }
+}
+
+/// The text of a panic payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".to_string())
+}
+
 fn recover(
     store: &dyn Storage,
     partition: u32,
     partitions: u32,
+    epoch: u64,
     limits: &Limits,
 ) -> Result<Recovered, EngineError> {
     let (mut state, mut unconfirmed, mut outbox, snapshot_batch) =
@@ -1048,6 +1087,7 @@ fn recover(
                 0,
             ),
         };
+    let mut last_epoch = 0;
     for record in store.batches_after(partition, state.batch_seq)? {
         if record.batch_seq != state.batch_seq + 1 {
             return Err(EngineError::Corrupt {
@@ -1056,6 +1096,21 @@ fn recover(
                 detail: format!("expected batch {}", state.batch_seq + 1),
             });
         }
+        // Owner epochs only grow along the log, and all of them are older than the
+        // epoch this start has just taken: anything else was written by another owner.
+        if record.epoch < last_epoch || record.epoch >= epoch {
+            return Err(EngineError::Corrupt {
+                partition,
+                what: format!("wal/{}", record.batch_seq),
+                detail: format!(
+                    "written at owner epoch {}: epochs must not fall along the log (the \
+                     record before had {last_epoch}) and must be older than this start's \
+                     epoch {epoch}",
+                    record.epoch
+                ),
+            });
+        }
+        last_epoch = record.epoch;
         let inputs = record
             .inputs
             .into_iter()
@@ -1073,7 +1128,11 @@ fn recover(
         }
     }
     store.sync_archive()?;
-    state.audit();
+    state.check().map_err(|detail| EngineError::Corrupt {
+        partition,
+        what: format!("state after replay to batch {}", state.batch_seq),
+        detail,
+    })?;
     info!(partition, batch = state.batch_seq, "partition recovered");
     Ok(Recovered {
         state,

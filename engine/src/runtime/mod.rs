@@ -84,6 +84,12 @@ pub struct AccountView {
     pub ndc: i128,
     pub liquidity_cover: i128,
     pub limits_set: bool,
+    /// `min(ndc, liquidity cover)`.
+    pub limit: i128,
+    /// Free headroom: the home's bank plus every slice's allowance. Once no headroom is
+    /// travelling between partitions (at quiescence) it equals
+    /// `limit - position - reserved` exactly (DESIGN §5, invariant 1).
+    pub headroom: i128,
 }
 
 /// Operator view of one partition.
@@ -158,7 +164,19 @@ struct SliceFigures {
     active: bool,
     position: Money,
     reserved: Money,
-    bank: Option<(Money, Money, Money, bool)>, // ndc, cover, base position, limits set
+    headroom: Money,
+    bank: Option<BankFigures>,
+}
+
+/// The home's part of an account.
+#[derive(Debug, Clone, Default)]
+struct BankFigures {
+    ndc: Money,
+    cover: Money,
+    limit: Money,
+    base_position: Money,
+    bank: Money,
+    limits_set: bool,
 }
 
 type AdminWaiters = Arc<Mutex<HashMap<u64, oneshot::Sender<(Option<ErrorCode>, String)>>>>;
@@ -639,6 +657,8 @@ impl Hub {
             ndc: 0,
             liquidity_cover: 0,
             limits_set: false,
+            limit: 0,
+            headroom: 0,
         };
         let mut known = false;
         for query in &self.shared.queries {
@@ -649,14 +669,24 @@ impl Hub {
             view.active = figures.active;
             view.position += figures.position;
             view.reserved += figures.reserved;
-            if let Some((ndc, cover, base, limits_set)) = figures.bank {
-                view.ndc = ndc;
-                view.liquidity_cover = cover;
-                view.position += base;
-                view.limits_set = limits_set;
+            view.headroom += figures.headroom;
+            if let Some(bank) = figures.bank {
+                view.ndc = bank.ndc;
+                view.liquidity_cover = bank.cover;
+                view.limit = bank.limit;
+                view.position += bank.base_position;
+                view.headroom += bank.bank;
+                view.limits_set = bank.limits_set;
             }
         }
         known.then_some(view)
+    }
+
+    /// Why the store refuses durability, if it does (a failed write or fdatasync stops it
+    /// for good, until a restart): the hub is then not ready, and every partition stops
+    /// at its next batch.
+    pub fn storage_failed(&self) -> Option<String> {
+        self.store().ok().and_then(|store| store.failed())
     }
 
     /// How far partition `receiver` has told `sender` it has durably applied its peer
@@ -1412,10 +1442,15 @@ impl Actor {
                     figures.known = true;
                     figures.position = entry.slice.position;
                     figures.reserved = entry.slice.reserved;
-                    figures.bank = entry
-                        .bank
-                        .as_ref()
-                        .map(|b| (b.ndc, b.cover(), b.base_position, b.limits_set));
+                    figures.headroom = entry.slice.headroom;
+                    figures.bank = entry.bank.as_ref().map(|b| BankFigures {
+                        ndc: b.ndc,
+                        cover: b.cover(),
+                        limit: b.limit(),
+                        base_position: b.base_position,
+                        bank: b.bank,
+                        limits_set: b.limits_set,
+                    });
                 }
                 Answer::Account(reply, Some(figures))
             }

@@ -627,3 +627,86 @@ async fn a_decodable_but_inconsistent_snapshot_stops_only_its_partition() {
         .all(|s| s.stopped.is_none()));
     hub.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_creation_completes_on_every_partition_even_when_mailboxes_are_full() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (hub, mut events) = open(
+        dir.path(),
+        Limits {
+            mailbox_capacity: 2,
+            ..limits()
+        },
+    );
+    // Keep every mailbox full of ticks while the accounts are created.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let (hub, stop) = (hub.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut refused = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for p in 0..PARTITIONS {
+                    if hub.enqueue(p, Command::Tick { now_ms: now_ms() }).is_err() {
+                        refused += 1;
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
+            refused
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for name in ["payerfsp", "payeefsp"] {
+        let account = AccountKey::new(fsp(name), usd());
+        hub.admin(now_ms(), Admin::CreateAccount { account })
+            .await
+            .unwrap_or_else(|e| panic!("creating {name} while mailboxes are full: {e:?}"));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let refused = flood.await.expect("flood");
+    assert!(
+        refused > 0,
+        "the mailboxes were never full: the test proves nothing"
+    );
+    for name in ["payerfsp", "payeefsp"] {
+        let account = AccountKey::new(fsp(name), usd());
+        hub.admin(
+            now_ms(),
+            Admin::InitialPositionAndLimits {
+                account,
+                position: 0,
+                ndc: 1_000_000,
+            },
+        )
+        .await
+        .expect("limits");
+        hub.admin(
+            now_ms(),
+            Admin::FundsIn {
+                account,
+                amount: 1_000_000,
+                funds_id: id(800_000 + name.len() as u64),
+            },
+        )
+        .await
+        .expect("funds");
+    }
+    // The account exists on every partition: a prepare routed to each is reserved.
+    let condition = [3u8; 32];
+    let mut seen = std::collections::BTreeSet::new();
+    for n in 1..=200u64 {
+        let partition = hub.partition_of(&id(n));
+        if !seen.insert(partition) {
+            continue;
+        }
+        hub.prepare(now_ms(), prepare(n, "payerfsp", "payeefsp", 10, condition))
+            .await
+            .expect("prepare");
+        match next_about(&mut events, id(n)).await {
+            Event::Reserved { .. } => {}
+            other => panic!("partition {partition} does not know the account: {other:?}"),
+        }
+    }
+    assert_eq!(seen.len(), PARTITIONS as usize);
+    hub.shutdown().await;
+}

@@ -150,6 +150,10 @@ pub struct Hub {
     shared: Arc<Shared>,
 }
 
+/// An admin command that finds a partition's mailbox full is tried this many times...
+const ADMIN_SUBMIT_ATTEMPTS_MAX: u32 = 100;
+/// ...this long apart (so for up to about 2 s) before the operator gets a 503.
+const ADMIN_RETRY_WAIT_MS: u64 = 20;
 /// Bound on queued read queries per partition.
 const QUERY_QUEUE_MAX: usize = 1_024;
 pub fn now_ms() -> TimestampMs {
@@ -431,6 +435,22 @@ impl Hub {
         done.await.map_err(|_| self.closed(partition))
     }
 
+    /// [`Hub::submit`] for commands that must reach every partition they are sent to (an
+    /// admin change): a full mailbox is retried, up to [`ADMIN_SUBMIT_ATTEMPTS_MAX`] times
+    /// [`ADMIN_RETRY_WAIT_MS`] apart, before the caller is told the hub is overloaded.
+    async fn submit_patiently(&self, partition: u32, command: Command) -> Result<(), SubmitError> {
+        let mut attempts = 1;
+        loop {
+            match self.submit(partition, command.clone()).await {
+                Err(SubmitError::Overloaded { .. }) if attempts < ADMIN_SUBMIT_ATTEMPTS_MAX => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(ADMIN_RETRY_WAIT_MS)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Appends a command to its partition's mailbox without waiting: the results arrive
     /// as events only. Fails at once with `Overloaded` when the mailbox is full.
     pub fn enqueue(&self, partition: u32, command: Command) -> Result<(), SubmitError> {
@@ -506,10 +526,20 @@ impl Hub {
         let request_id = self.shared.next_request_id.fetch_add(1, Ordering::Relaxed);
         let (reply, done) = oneshot::channel();
         lock(&self.shared.admin_waiters).insert(request_id, reply);
+        let partitions = self.shared.partitions;
         let targets: Vec<u32> = match &admin {
-            Admin::CreateAccount { .. } | Admin::SetActive { .. } => {
-                (0..self.shared.partitions).collect()
+            // The home first: a partition that knows the account while its home does not
+            // would send headroom to a home without a bank. Then every other partition;
+            // the request is answered once all have it (the gateway records the account
+            // only then, so a half-created account is invisible, and a retry completes
+            // it: creation is idempotent).
+            Admin::CreateAccount { account } => {
+                let home = home_of(account, partitions);
+                std::iter::once(home)
+                    .chain((0..partitions).filter(|p| *p != home))
+                    .collect()
             }
+            Admin::SetActive { .. } => (0..partitions).collect(),
             Admin::InitialPositionAndLimits { account, .. }
             | Admin::SetNdc { account, .. }
             | Admin::FundsIn { account, .. }
@@ -526,7 +556,7 @@ impl Hub {
                 request_id,
                 admin: admin.clone(),
             };
-            if let Err(e) = self.submit(p, command).await {
+            if let Err(e) = self.submit_patiently(p, command).await {
                 lock(&self.shared.admin_waiters).remove(&request_id);
                 return Err(unavailable(e));
             }

@@ -218,5 +218,6 @@ async fn a_message_is_confirmed_only_once_the_batch_that_applied_it_is_durable()
     .await;
     tokio::time::timeout(Duration::from_secs(10), hub.shutdown())
         .await
-        .expect("shut down within 10 s");
+        .expect("shut down within 10 s")
+        .expect("clean shutdown");
 }

@@ -99,7 +99,7 @@ async fn a_consumer_that_reads_nothing_never_stops_the_ledger() {
         .await
         .expect("payer");
     assert_eq!(payer.reserved, 640, "every prepare reserved");
-    hub.shutdown().await;
+    hub.shutdown().await.expect("clean shutdown");
 }
 
 /// Results that the consumer has not taken when the hub stops come back after the
@@ -121,7 +121,7 @@ async fn undelivered_results_are_published_again_after_a_restart() {
         }
         // Give every partition time to snapshot behind its last batch.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        hub.shutdown().await;
+        hub.shutdown().await.expect("clean shutdown");
         drop(events_not_taken);
     }
     let (hub, mut events) = open(dir.path(), limits);
@@ -142,5 +142,5 @@ async fn undelivered_results_are_published_again_after_a_restart() {
         }
     }
     assert_eq!(reserved, (1..=TRANSFERS).map(id).collect::<BTreeSet<_>>());
-    hub.shutdown().await;
+    hub.shutdown().await.expect("clean shutdown");
 }

@@ -165,7 +165,7 @@ async fn transfers_commit_and_survive_a_restart() {
             hub.get_transfer(id(999), fsp("payerfsp")).await,
             Err(ErrorCode::TransferNotFound)
         );
-        hub.shutdown().await;
+        hub.shutdown().await.expect("clean shutdown");
     }
     // Reopen: snapshot + WAL replay give back every acknowledged result.
     let (hub, mut events) = open(dir.path(), limits());
@@ -235,7 +235,7 @@ async fn transfers_commit_and_survive_a_restart() {
         .await
         .expect("payer");
     assert_eq!(payer.reserved, 5_000, "duplicates reserved nothing");
-    hub.shutdown().await;
+    hub.shutdown().await.expect("clean shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,7 +244,7 @@ async fn a_corrupt_record_stops_only_its_partition_and_names_it() {
     {
         let (hub, _events) = open(dir.path(), Limits::default());
         provision(&hub, "payerfsp", 100_000, 100_000, 1).await;
-        hub.shutdown().await;
+        hub.shutdown().await.expect("clean shutdown");
     }
     let victim = 1u32;
     {
@@ -289,7 +289,7 @@ async fn a_corrupt_record_stops_only_its_partition_and_names_it() {
     hub.submit(alive, Command::Tick { now_ms: now_ms() })
         .await
         .expect("healthy partition works");
-    hub.shutdown().await;
+    hub.shutdown().await.expect("clean shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,7 +311,7 @@ async fn a_full_mailbox_answers_overloaded_at_once() {
         }
     }
     assert!(overloaded > 0, "a bounded mailbox must refuse when full");
-    hub.shutdown().await;
+    hub.shutdown().await.expect("clean shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,7 +353,7 @@ async fn concurrent_prepares_use_exactly_the_headroom() {
             }
         }
         assert_eq!(reserved, 50, "round {round}: refusals {refused:?}");
-        hub.shutdown().await;
+        hub.shutdown().await.expect("clean shutdown");
     }
 }
 
@@ -377,7 +377,7 @@ async fn snapshots_drop_the_wal_behind_them_and_every_finished_transfer_is_archi
             next_about(&mut events, id(n)).await;
             fulfil_and_expect_commit(&hub, &mut events, now_ms(), n, fulfilment).await;
         }
-        hub.shutdown().await;
+        hub.shutdown().await.expect("clean shutdown");
     }
     // Every partition snapshotted every 3 batches; the trimmer deleted the segments
     // that the snapshots cover, so what is left is the segment being written and the
@@ -448,7 +448,7 @@ async fn a_transfer_id_is_deduplicated_for_the_retention_window_and_then_forgott
         .await
         .expect("payer");
     assert_eq!((payer.position, payer.reserved), (1_000, 1_000));
-    hub.shutdown().await;
+    hub.shutdown().await.expect("clean shutdown");
 }
 
 /// Writes a WAL record for `partition` after its last one, as another owner would.
@@ -481,7 +481,7 @@ async fn a_record_written_at_a_later_owner_epoch_stops_its_partition() {
     {
         let (hub, _events) = open(dir.path(), Limits::default());
         provision(&hub, "payerfsp", 100_000, 100_000, 1).await;
-        hub.shutdown().await;
+        hub.shutdown().await.expect("clean shutdown");
     }
     let victim = 2u32;
     // This directory was opened once (epoch 1); its next start takes epoch 2, so a
@@ -501,7 +501,7 @@ async fn a_record_written_at_a_later_owner_epoch_stops_its_partition() {
         .iter()
         .filter(|s| s.partition != victim)
         .all(|s| s.stopped.is_none()));
-    hub.shutdown().await;
+    hub.shutdown().await.expect("clean shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -512,7 +512,7 @@ async fn a_stopped_partition_does_not_hold_wal_trimming_back_for_the_others() {
         let (hub, _events) = open(dir.path(), Limits::default());
         provision(&hub, "payerfsp", 10_000_000, 10_000_000, 1).await;
         provision(&hub, "payeefsp", 10_000_000, 10_000_000, 2).await;
-        hub.shutdown().await;
+        hub.shutdown().await.expect("clean shutdown");
     }
     {
         let store = Store::open(dir.path(), PARTITIONS, 8 << 20).expect("store");
@@ -550,7 +550,7 @@ async fn a_stopped_partition_does_not_hold_wal_trimming_back_for_the_others() {
             done += 1;
         }
         assert!(done > 200);
-        hub.shutdown().await;
+        hub.shutdown().await.expect("clean shutdown");
     }
     let left: usize = (0..PARTITIONS)
         .filter(|p| *p != victim)
@@ -576,7 +576,7 @@ async fn a_decodable_but_inconsistent_snapshot_stops_only_its_partition() {
     {
         let (hub, _events) = open(dir.path(), Limits::default());
         provision(&hub, "payerfsp", 100_000, 100_000, 1).await;
-        hub.shutdown().await;
+        hub.shutdown().await.expect("clean shutdown");
     }
     {
         let store = Store::open(dir.path(), PARTITIONS, 8 << 20).expect("store");
@@ -625,7 +625,7 @@ async fn a_decodable_but_inconsistent_snapshot_stops_only_its_partition() {
         .iter()
         .filter(|s| s.partition != victim)
         .all(|s| s.stopped.is_none()));
-    hub.shutdown().await;
+    hub.shutdown().await.expect("clean shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -708,5 +708,39 @@ async fn account_creation_completes_on_every_partition_even_when_mailboxes_are_f
         }
     }
     assert_eq!(seen.len(), PARTITIONS as usize);
-    hub.shutdown().await;
+    hub.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fdatasync_stops_the_hub_acknowledges_nothing_and_shutdown_reports_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Store::open(dir.path(), PARTITIONS, 8 << 20).expect("store"));
+    let (hub, _events) = Hub::open_with_store(store.clone(), PARTITIONS, limits()).expect("hub");
+    provision(&hub, "payerfsp", 100_000, 100_000, 1).await;
+    provision(&hub, "payeefsp", 100_000, 100_000, 2).await;
+    assert!(hub.storage_failed().is_none());
+    // The next fdatasync reports a writeback error, once, as Linux does.
+    store.inject_sync_failure(engine::storage::SyncFault::Wal);
+    let condition = [5u8; 32];
+    let first = hub
+        .prepare(now_ms(), prepare(1, "payerfsp", "payeefsp", 10, condition))
+        .await;
+    assert!(
+        first.is_err(),
+        "a prepare whose sync failed was acknowledged"
+    );
+    // Linux would report the next sync as fine: the store must not.
+    let second = hub
+        .prepare(now_ms(), prepare(2, "payerfsp", "payeefsp", 10, condition))
+        .await;
+    assert!(
+        second.is_err(),
+        "a prepare after a failed sync was acknowledged"
+    );
+    let reason = hub.storage_failed().expect("the store says it failed");
+    assert!(reason.contains("WAL"), "{reason}");
+    assert!(
+        hub.shutdown().await.is_err(),
+        "shutdown after a failed sync must not report a clean stop"
+    );
 }

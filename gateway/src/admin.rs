@@ -846,11 +846,18 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
         .filter(|p| p.stopped.is_some())
         .map(|p| p.partition)
         .collect();
-    if stopped.is_empty() {
-        HttpResponse::Ok().json(json!({"status": "OK"}))
-    } else {
-        HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "DOWN", "stoppedPartitions": stopped}))
+    // A store that refused a write or sync refuses every later one: nothing more can
+    // be made durable, so the hub is not ready even while its partitions are idle.
+    let storage = state.hub.storage_failed();
+    match (stopped.is_empty(), storage) {
+        (true, None) => HttpResponse::Ok().json(json!({"status": "OK"})),
+        (_, Some(reason)) => HttpResponse::ServiceUnavailable().json(json!({
+            "status": "DOWN",
+            "stoppedPartitions": stopped,
+            "storage": reason,
+        })),
+        (false, None) => HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "DOWN", "stoppedPartitions": stopped})),
     }
 }
 
@@ -858,9 +865,10 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let gauges = crate::metrics::NotifierGauges {
         callbacks_in_flight: state.notifier.in_flight(),
     };
-    let body = state
+    let mut body = state
         .metrics
         .render(&state.hub.metrics(), &state.hub.partitions(), gauges);
+    state.notifier.render_metrics(&mut body);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(body)

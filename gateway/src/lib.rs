@@ -174,13 +174,14 @@ impl EmbeddedHub {
 
     /// Stops taking requests (in-flight ones finish), drains and closes the engine, then
     /// gives the notifier up to `SHUTDOWN_CALLBACK_GRACE_MS` to send the callbacks of the
-    /// last events and finish those in flight.
-    pub async fn stop(self) {
+    /// last events and finish those in flight. `Err` when the engine's last flush failed
+    /// (then not everything acknowledged may be on disk: the process must not exit 0).
+    pub async fn stop(self) -> Result<(), GatewayError> {
         self.fspiop.stop(true).await;
         self.admin.stop(true).await;
         let _ = self.servers.await;
         self.sampler.abort();
-        self.hub.shutdown().await;
+        let engine = self.hub.shutdown().await;
         // The engine's actors have ended, so the event stream ends once the notifier has
         // read it to the last event.
         let grace = Duration::from_millis(SHUTDOWN_CALLBACK_GRACE_MS);
@@ -201,6 +202,7 @@ impl EmbeddedHub {
                 "callbacks still in flight at exit"
             );
         }
+        engine.map_err(GatewayError::Engine)
     }
 }
 

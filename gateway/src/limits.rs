@@ -6,14 +6,35 @@ pub const REQUEST_BODY_BYTES_MAX: usize = 64 * 1024;
 pub const ILP_PACKET_CHARS_MAX: usize = 32_768;
 /// What a 503 tells a client to wait before retrying.
 pub const RETRY_AFTER_S: u32 = 1;
-/// Callbacks in flight at once, over all DFSPs.
-pub const CALLBACKS_IN_FLIGHT_MAX: usize = 2_048;
-/// Callbacks in flight at once to one DFSP: a DFSP that is down ties up at most this many
-/// (half of [`CALLBACKS_IN_FLIGHT_MAX`], so the others keep the other half). A callback
-/// over it is given up at once. Healthy but busy DFSPs need room here: a payer sending 70 %
-/// of 11,000 transfers/s had bursts of more than 256 callbacks in flight, and with a bound
-/// of 256 lost 1 to 64 of its final callbacks per 15 s run.
+/// Callbacks in flight at once, over all DFSPs (from the first attempt to delivery or
+/// giving up, backoff sleeps included). The notifier's run loop waits for one of these
+/// (back-pressure: the events wait in the engine's outbox), so no small group of failing
+/// DFSPs may be able to hold them all: see [`CALLBACK_DFSPS_FAILING_TOLERATED`].
+pub const CALLBACKS_IN_FLIGHT_MAX: usize = 4_096;
+/// Callbacks in flight at once to one DFSP, a quarter of [`CALLBACKS_IN_FLIGHT_MAX`]. A
+/// callback over it is given up at once. Healthy but busy DFSPs need room here: a payer
+/// sending 70 % of 11,000 transfers/s had bursts of more than 256 callbacks in flight, and
+/// with a bound of 256 lost 1 to 64 of its final callbacks per 15 s run.
 pub const CALLBACKS_PER_DFSP_MAX: usize = 1_024;
+/// DFSPs that may each hold their whole share at once (down, before they are marked down)
+/// while the run loop still finds a free slot for everybody else.
+pub const CALLBACK_DFSPS_FAILING_TOLERATED: usize = 3;
+const _: () = assert!(
+    CALLBACKS_PER_DFSP_MAX * CALLBACK_DFSPS_FAILING_TOLERATED < CALLBACKS_IN_FLIGHT_MAX,
+    "failing DFSPs at their full share must leave slots to the others"
+);
+/// Attempts in a row to one DFSP that failed without an HTTP answer (connection refused
+/// or reset, timeout), with no answer in between, after which the DFSP is marked down:
+/// its callbacks in flight are given up (their slots come free at once) and its new ones
+/// are given up without an attempt for [`CALLBACK_DOWN_COOL_OFF_MS`].
+pub const CALLBACK_DOWN_AFTER_FAILURES: u32 = 8;
+/// How long a DFSP marked down has its callbacks given up at once. After it, one callback
+/// at a time is sent as a probe (the others still given up): an HTTP answer marks the
+/// DFSP up again, another failure starts a new cool-off.
+pub const CALLBACK_DOWN_COOL_OFF_MS: u64 = 2_000;
+/// Callbacks given up at once to one DFSP are logged (a warning with their count) at most
+/// this often, so that a dead DFSP cannot flood the log.
+pub const CALLBACK_SHED_LOG_INTERVAL_MS: u64 = 1_000;
 /// Attempts per callback (first try included).
 pub const CALLBACK_ATTEMPTS_MAX: u32 = 4;
 /// Backoff before the second attempt; doubles each time up to the cap.
@@ -27,8 +48,9 @@ pub const CALLBACK_TIMEOUT_MS: u64 = 5_000;
 pub const CALLBACK_POOL_IDLE_MS: u64 = 4_000;
 /// Idle callback connections kept per DFSP endpoint (`host:port`) for reuse.
 pub const CALLBACK_IDLE_PER_DFSP_MAX: usize = CALLBACKS_PER_DFSP_MAX;
-/// Idle callback connections kept over all DFSPs.
-pub const CALLBACK_IDLE_TOTAL_MAX: usize = 4 * CALLBACKS_IN_FLIGHT_MAX;
+/// Idle callback connections kept over all DFSPs (twice the callbacks in flight; each
+/// is an open file, so this is not tied to a larger in-flight bound).
+pub const CALLBACK_IDLE_TOTAL_MAX: usize = 8_192;
 /// Largest response head (status line and headers) read from a DFSP.
 pub const CALLBACK_RESPONSE_HEAD_BYTES_MAX: usize = 16 * 1024;
 /// Largest response body read from a DFSP (FSPIOP callback answers have none).

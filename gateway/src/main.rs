@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
             _ = terminate.recv() => {}
         }
         tracing::info!("stopping: draining requests, flushing the engine");
-        hub.stop().await;
+        hub.stop().await?;
         anyhow::Ok(())
     })
 }

@@ -2,20 +2,41 @@
 //! endpoints.
 //!
 //! One consumer reads the engine's event stream (events arrive only after their batch is
-//! durable) and spawns one task per callback. Two semaphores bound the work: at most
-//! `CALLBACKS_IN_FLIGHT_MAX` callbacks overall and `CALLBACKS_PER_DFSP_MAX` per DFSP. A DFSP
-//! that already has its share in flight (it is down or far behind) has further callbacks
-//! given up at once and counted, so it never holds the slots the other DFSPs need. Each
-//! callback is tried up to `CALLBACK_ATTEMPTS_MAX` times with capped exponential backoff;
-//! every outcome is counted.
+//! durable) and spawns one task per callback. Each callback is tried up to
+//! `CALLBACK_ATTEMPTS_MAX` times with capped exponential backoff; every outcome is
+//! counted.
+//!
+//! The run loop waits for one of `CALLBACKS_IN_FLIGHT_MAX` slots (back-pressure: events
+//! wait in the engine's outbox meanwhile), so the danger is a DFSP that never answers:
+//! each of its callbacks holds a slot for up to four 5 s timeouts, and a few such DFSPs
+//! would hold every slot, stopping the run loop and with it everybody's callbacks. Hence
+//! shedding per destination, in two layers:
+//!
+//! * **A share.** One DFSP holds at most `CALLBACKS_PER_DFSP_MAX` slots (a quarter of
+//!   all); a callback over it is given up at once. So up to
+//!   `CALLBACK_DFSPS_FAILING_TOLERATED` DFSPs at their full share still leave slots.
+//! * **Marked down.** `CALLBACK_DOWN_AFTER_FAILURES` attempts in a row that failed without
+//!   an HTTP answer (refused, reset, timed out) mark the DFSP down: its callbacks in
+//!   flight are given up at once (an attempt waiting on its timeout is cancelled, a retry
+//!   is not made), so its share comes free within one attempt timeout of the failures
+//!   starting, and for `CALLBACK_DOWN_COOL_OFF_MS` its new callbacks are given up without
+//!   an attempt. After the cool-off one callback at a time goes out as a probe: any HTTP
+//!   answer marks the DFSP up, another failure starts a new cool-off. A DFSP that answers
+//!   with errors (5xx) is alive and is not marked down; its retries stay within its share.
+//!
+//! A callback given up is not lost: the transfer's state is durable and the DFSP can GET
+//! it. Every give-up is counted (`gave_up`, plus `hub_callbacks_shed_total` by reason
+//! for those given up without an attempt); transitions are logged at warn, and shed
+//! callbacks at most once per `CALLBACK_SHED_LOG_INTERVAL_MS` per DFSP, with their count.
 
 use crate::client::{Client, ClientLimits, Request};
 use crate::fspiop::{error_body, format_timestamp, media_type, Stash};
 use crate::limits::{
     CALLBACKS_IN_FLIGHT_MAX, CALLBACKS_PER_DFSP_MAX, CALLBACK_ATTEMPTS_MAX,
-    CALLBACK_BACKOFF_MAX_MS, CALLBACK_BACKOFF_START_MS, CALLBACK_IDLE_PER_DFSP_MAX,
-    CALLBACK_IDLE_TOTAL_MAX, CALLBACK_POOL_IDLE_MS, CALLBACK_RESPONSE_BODY_BYTES_MAX,
-    CALLBACK_RESPONSE_HEAD_BYTES_MAX, CALLBACK_TIMEOUT_MS,
+    CALLBACK_BACKOFF_MAX_MS, CALLBACK_BACKOFF_START_MS, CALLBACK_DOWN_AFTER_FAILURES,
+    CALLBACK_DOWN_COOL_OFF_MS, CALLBACK_IDLE_PER_DFSP_MAX, CALLBACK_IDLE_TOTAL_MAX,
+    CALLBACK_POOL_IDLE_MS, CALLBACK_RESPONSE_BODY_BYTES_MAX, CALLBACK_RESPONSE_HEAD_BYTES_MAX,
+    CALLBACK_SHED_LOG_INTERVAL_MS, CALLBACK_TIMEOUT_MS,
 };
 use crate::metrics::{CallbackOutcome, Metrics};
 use crate::registry::{Registry, TRANSFER_ERROR, TRANSFER_POST, TRANSFER_PUT};
@@ -24,9 +45,11 @@ use engine::ids::FspId;
 use engine::runtime::{AckToken, Delivery};
 use serde_json::json;
 use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 /// One HTTP request to a DFSP.
@@ -39,13 +62,66 @@ pub struct Callback {
     pub body: String,
 }
 
+/// Why a callback was given up without an attempt (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shed {
+    /// The DFSP is marked down (cool-off, or its one probe is out).
+    Down = 0,
+    /// The DFSP already holds `CALLBACKS_PER_DFSP_MAX` slots.
+    ShareFull = 1,
+}
+
+const SHED_REASONS: [&str; 2] = ["dfsp_down", "dfsp_share_full"];
+
+/// What the notifier knows of one DFSP's health. One per DFSP that was ever sent a
+/// callback, so at most one per registered participant (`PARTICIPANTS_MAX`).
+struct Destination {
+    /// `CALLBACKS_PER_DFSP_MAX` permits, one held by each of its callbacks in flight.
+    share: Arc<Semaphore>,
+    /// Attempts in a row that failed without an HTTP answer.
+    failures_in_row: u32,
+    /// `Some` while marked down.
+    down: Option<Down>,
+    /// Bumped when the DFSP is marked down: its callbacks in flight give up.
+    cancel: watch::Sender<u64>,
+    /// Callbacks shed since the last warning about them.
+    shed_unlogged: u64,
+    shed_logged_at: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Down {
+    /// New callbacks are given up at once until then; the first one after is the probe.
+    until: Instant,
+}
+
+/// A callback let through: it holds its DFSP's share permit for its whole life.
+struct Admitted {
+    _share: OwnedSemaphorePermit,
+    /// The one callback sent to a DFSP that is marked down.
+    probe: bool,
+    /// Changes when the DFSP is marked down.
+    cancel: watch::Receiver<u64>,
+}
+
+/// How one attempt ended, for the DFSP's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    /// The DFSP answered (2xx or not): it is alive.
+    Answered,
+    /// No HTTP answer: refused, reset or timed out.
+    NoAnswer,
+}
+
 pub struct Notifier {
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     hub_name: String,
     client: Client,
     overall: Arc<Semaphore>,
-    per_dfsp: Mutex<HashMap<FspId, Arc<Semaphore>>>,
+    destinations: Mutex<HashMap<FspId, Destination>>,
+    shed: [AtomicU64; 2],
+    marked_down_total: AtomicU64,
 }
 
 impl Notifier {
@@ -65,7 +141,9 @@ impl Notifier {
             hub_name,
             client,
             overall: Arc::new(Semaphore::new(CALLBACKS_IN_FLIGHT_MAX)),
-            per_dfsp: Mutex::new(HashMap::new()),
+            destinations: Mutex::new(HashMap::new()),
+            shed: Default::default(),
+            marked_down_total: AtomicU64::new(0),
         })
     }
 
@@ -98,28 +176,157 @@ impl Notifier {
             self.metrics.callback(CallbackOutcome::NoEndpoint, None);
             return;
         };
-        let dfsp = {
-            let mut map = self.per_dfsp.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(callback.to)
-                .or_insert_with(|| Arc::new(Semaphore::new(CALLBACKS_PER_DFSP_MAX)))
-                .clone()
-        };
-        // A DFSP with CALLBACKS_PER_DFSP_MAX callbacks still in flight is down or far
-        // behind: this callback is given up at once (counted; the DFSP can still GET the
-        // transfer) rather than tie up slots that the other DFSPs need.
-        let Ok(dfsp_permit) = dfsp.try_acquire_owned() else {
-            warn!(to = %callback.to, limit = CALLBACKS_PER_DFSP_MAX, "callback given up: too many in flight to this DFSP");
-            self.metrics.callback(CallbackOutcome::GaveUp, None);
-            return;
+        // Shedding comes first and never waits, so the slot waited for below is never one
+        // that this DFSP's failures would hold.
+        let admitted = match self.admit(callback.to) {
+            Ok(admitted) => admitted,
+            Err(reason) => {
+                self.shed[reason as usize].fetch_add(1, Ordering::Relaxed);
+                self.metrics.callback(CallbackOutcome::GaveUp, None);
+                return;
+            }
         };
         let Ok(permit) = self.overall.clone().acquire_owned().await else {
             return;
         };
         let this = self.clone();
         tokio::spawn(async move {
-            let _held = (permit, dfsp_permit, token);
-            this.deliver(callback).await;
+            let _held = (permit, token);
+            this.deliver(callback, admitted).await;
         });
+    }
+
+    /// Lets a callback to `to` through, or says why it is given up at once.
+    fn admit(&self, to: FspId) -> Result<Admitted, Shed> {
+        let now = Instant::now();
+        let mut map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        let d = map.entry(to).or_insert_with(|| Destination {
+            share: Arc::new(Semaphore::new(CALLBACKS_PER_DFSP_MAX)),
+            failures_in_row: 0,
+            down: None,
+            cancel: watch::Sender::new(0),
+            shed_unlogged: 0,
+            shed_logged_at: None,
+        });
+        // Marked down: shed during the cool-off; after it, this callback is the probe,
+        // and the next one waits for the probe's outcome (at most one attempt timeout;
+        // should the probe be lost, another goes out after that).
+        let probe = match d.down {
+            None => false,
+            Some(down) if now < down.until => return Err(self.shed_one(to, d, Shed::Down, now)),
+            Some(_) => true,
+        };
+        let Ok(share) = d.share.clone().try_acquire_owned() else {
+            return Err(self.shed_one(to, d, Shed::ShareFull, now));
+        };
+        if probe {
+            let wait = Duration::from_millis(CALLBACK_TIMEOUT_MS + CALLBACK_DOWN_COOL_OFF_MS);
+            d.down = Some(Down { until: now + wait });
+        }
+        Ok(Admitted {
+            _share: share,
+            probe,
+            cancel: d.cancel.subscribe(),
+        })
+    }
+
+    /// Counts and (at most once per `CALLBACK_SHED_LOG_INTERVAL_MS`) logs a callback to
+    /// `d` given up at once.
+    fn shed_one(&self, to: FspId, d: &mut Destination, reason: Shed, now: Instant) -> Shed {
+        d.shed_unlogged += 1;
+        let log_due = d.shed_logged_at.is_none_or(|at| {
+            now.duration_since(at) >= Duration::from_millis(CALLBACK_SHED_LOG_INTERVAL_MS)
+        });
+        if log_due {
+            warn!(
+                %to,
+                reason = SHED_REASONS[reason as usize],
+                shed = d.shed_unlogged,
+                share = CALLBACKS_PER_DFSP_MAX,
+                "callbacks given up at once (the DFSP can GET the transfers)"
+            );
+            d.shed_unlogged = 0;
+            d.shed_logged_at = Some(now);
+        }
+        reason
+    }
+
+    /// Records how an attempt to `to` ended: marks the DFSP down or up.
+    fn record(&self, to: FspId, health: Health, probe: bool) {
+        let now = Instant::now();
+        let mut map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(d) = map.get_mut(&to) else {
+            return;
+        };
+        match health {
+            Health::Answered => {
+                d.failures_in_row = 0;
+                if d.down.take().is_some() {
+                    warn!(%to, "DFSP answers again: marked up");
+                }
+            }
+            Health::NoAnswer => {
+                d.failures_in_row = d.failures_in_row.saturating_add(1);
+                let until = now + Duration::from_millis(CALLBACK_DOWN_COOL_OFF_MS);
+                if probe {
+                    // The probe failed: another cool-off. Nothing else is in flight.
+                    d.down = Some(Down { until });
+                    warn!(%to, cool_off_ms = CALLBACK_DOWN_COOL_OFF_MS, "DFSP still down after a probe");
+                } else if d.down.is_none() && d.failures_in_row >= CALLBACK_DOWN_AFTER_FAILURES {
+                    d.down = Some(Down { until });
+                    d.cancel.send_modify(|epoch| *epoch = epoch.wrapping_add(1));
+                    self.marked_down_total.fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        %to,
+                        failures = d.failures_in_row,
+                        cool_off_ms = CALLBACK_DOWN_COOL_OFF_MS,
+                        "DFSP marked down: its callbacks in flight and new ones are given up"
+                    );
+                }
+            }
+        }
+    }
+
+    fn is_down(&self, to: FspId) -> bool {
+        let map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&to).is_some_and(|d| d.down.is_some())
+    }
+
+    /// DFSPs marked down now.
+    pub fn dfsps_down(&self) -> usize {
+        let map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().filter(|d| d.down.is_some()).count()
+    }
+
+    /// Callbacks given up without an attempt (to a DFSP marked down or at its share).
+    pub fn shed_total(&self) -> u64 {
+        self.shed.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Appends the notifier's own series to a Prometheus exposition: shed callbacks by
+    /// reason, DFSPs marked down now and in all. Labels are the bounded reasons only.
+    pub fn render_metrics(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP hub_callbacks_shed_total Callbacks given up without an attempt, by reason."
+        );
+        let _ = writeln!(out, "# TYPE hub_callbacks_shed_total counter");
+        for (i, reason) in SHED_REASONS.iter().enumerate() {
+            let n = self.shed[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "hub_callbacks_shed_total{{reason=\"{reason}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP hub_callback_dfsps_down DFSPs marked down now (callbacks shed, one probe at a time)."
+        );
+        let _ = writeln!(out, "# TYPE hub_callback_dfsps_down gauge");
+        let _ = writeln!(out, "hub_callback_dfsps_down {}", self.dfsps_down());
+        let _ = writeln!(out, "# TYPE hub_callback_dfsp_marked_down_total counter");
+        let _ = writeln!(
+            out,
+            "hub_callback_dfsp_marked_down_total {}",
+            self.marked_down_total.load(Ordering::Relaxed)
+        );
     }
 
     /// Callbacks being delivered or waiting between retries.
@@ -138,11 +345,30 @@ impl Notifier {
         )
     }
 
-    async fn deliver(&self, callback: Callback) {
+    async fn deliver(&self, callback: Callback, mut admitted: Admitted) {
         let started = Instant::now();
         let mut backoff_ms = CALLBACK_BACKOFF_START_MS;
         for attempt in 1..=CALLBACK_ATTEMPTS_MAX {
-            let outcome = self.attempt(&callback).await;
+            // A DFSP marked down meanwhile gets no retry (a failed probe included).
+            if attempt > 1 && self.is_down(callback.to) {
+                debug!(to = %callback.to, attempt, "callback given up: DFSP marked down");
+                self.metrics.callback(CallbackOutcome::GaveUp, None);
+                return;
+            }
+            let outcome = tokio::select! {
+                outcome = self.attempt(&callback) => outcome,
+                // Marked down while this attempt waits: give up now, free the slot.
+                _ = admitted.cancel.changed() => {
+                    debug!(to = %callback.to, attempt, "callback given up: DFSP marked down");
+                    self.metrics.callback(CallbackOutcome::GaveUp, None);
+                    return;
+                }
+            };
+            let health = match outcome {
+                CallbackOutcome::NetworkError => Health::NoAnswer,
+                _ => Health::Answered,
+            };
+            self.record(callback.to, health, admitted.probe);
             match outcome {
                 CallbackOutcome::Delivered => {
                     self.metrics
@@ -396,6 +622,7 @@ mod tests {
     use engine::command::Parties;
     use engine::ids::{Currency, TransferId};
     use std::collections::BTreeMap;
+    use std::sync::atomic::Ordering;
 
     const ID: &str = "3c9b2a10-0000-4000-8000-000000000001";
 
@@ -756,5 +983,134 @@ mod tests {
             CALLBACKS as u64
         );
         assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), CALLBACKS);
+    }
+
+    // Dead DFSPs against a healthy one, over real TCP on 127.0.0.1.
+
+    /// A DFSP that accepts connections and never answers; it holds them while alive.
+    struct BlackHole {
+        base: String,
+        _task: tokio::task::JoinHandle<()>,
+    }
+
+    async fn black_hole() -> BlackHole {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        BlackHole {
+            base: format!("http://{addr}/dead"),
+            _task: task,
+        }
+    }
+
+    fn notifier_with(dfsps: Vec<(&str, &str)>) -> Arc<Notifier> {
+        let participants = dfsps
+            .iter()
+            .zip(1..)
+            .map(|((name, base), seq)| participant(name, seq, base))
+            .collect();
+        let registry = Registry::with_participants(participants);
+        Notifier::new(Arc::new(registry), Arc::default(), "Hub".into())
+    }
+
+    /// The healthy DFSP must have every callback within this long of the first dispatch,
+    /// whatever the dead ones do. (Before the fix it had 1,023 of 1,500 after 3 s: the
+    /// dispatch waited for the dead DFSPs' slots.)
+    const HEALTHY_DELIVERY_MS_MAX: u64 = 3_000;
+    /// Callbacks dispatched to each of the three DFSPs.
+    const ROUNDS: usize = 1_500;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_dead_dfsps_do_not_starve_a_healthy_one() {
+        // More callbacks to each dead DFSP than its share, interleaved with the healthy
+        // DFSP's: before the fix, the two dead DFSPs held every global slot for their
+        // 5 s timeouts and 4 attempts, and dispatch (the run loop) stopped.
+        const _: () = assert!(ROUNDS > CALLBACKS_PER_DFSP_MAX);
+        let dead_one = black_hole().await;
+        let dead_two = black_hole().await;
+        let (healthy, seen) = test_dfsp(0, Duration::ZERO).await;
+        let n = notifier_with(vec![
+            ("deadone", dead_one.base.as_str()),
+            ("deadtwo", dead_two.base.as_str()),
+            ("payee", healthy.as_str()),
+        ]);
+        let started = Instant::now();
+        let dispatcher = {
+            let n = n.clone();
+            tokio::spawn(async move {
+                for round in 0..ROUNDS {
+                    // Paced a little, so that the healthy DFSP (answering at once) is never
+                    // near its own share.
+                    if round % 20 == 0 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    for to in ["deadone", "deadtwo", "payee"] {
+                        n.dispatch(n.error_to(fsp(to), ID, ErrorCode::TransferNotFound))
+                            .await;
+                    }
+                }
+            })
+        };
+        let deadline = started + Duration::from_millis(HEALTHY_DELIVERY_MS_MAX);
+        let delivered = || n.metrics.callbacks(CallbackOutcome::Delivered) as usize;
+        while delivered() < ROUNDS && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            (delivered(), seen.load(Ordering::SeqCst)),
+            (ROUNDS, ROUNDS),
+            "the healthy DFSP had only these callbacks after {HEALTHY_DELIVERY_MS_MAX} ms"
+        );
+        let rest = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            tokio::time::timeout(rest, dispatcher).await.is_ok(),
+            "dispatch is still waiting for a slot"
+        );
+        // The dead DFSPs hold their share and no more; the rest was given up at once.
+        let shed = n.shed_total();
+        assert!(
+            n.in_flight() <= 2 * CALLBACKS_PER_DFSP_MAX,
+            "in flight: {}",
+            n.in_flight()
+        );
+        assert_eq!(shed, 2 * (ROUNDS - CALLBACKS_PER_DFSP_MAX) as u64);
+        assert_eq!(n.metrics.callbacks(CallbackOutcome::GaveUp), shed);
+
+        // Once their attempts time out, both are marked down: their slots come free, and
+        // their new callbacks are given up at once (one probe at a time after the
+        // cool-off), while the healthy DFSP is still served promptly.
+        let down_by = Instant::now() + Duration::from_millis(CALLBACK_TIMEOUT_MS + 2_000);
+        while n.dfsps_down() < 2 && Instant::now() < down_by {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(n.dfsps_down(), 2, "both dead DFSPs are marked down");
+        let freed_by = Instant::now() + Duration::from_millis(1_000);
+        while n.in_flight() > 2 && Instant::now() < freed_by {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(n.in_flight() <= 2, "in flight: {}", n.in_flight());
+        let shed_before = n.shed_total();
+        let again = Instant::now();
+        for _ in 0..100 {
+            for to in ["deadone", "deadtwo", "payee"] {
+                n.dispatch(n.error_to(fsp(to), ID, ErrorCode::TransferNotFound))
+                    .await;
+            }
+        }
+        let deadline = again + Duration::from_millis(HEALTHY_DELIVERY_MS_MAX);
+        while delivered() < ROUNDS + 100 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(delivered(), ROUNDS + 100);
+        // At most one probe each went out; everything else was shed.
+        assert!(n.shed_total() - shed_before >= 2 * 100 - 2);
+        assert!(n.in_flight() <= 2, "in flight: {}", n.in_flight());
     }
 }

@@ -57,11 +57,16 @@ impl EmbeddedHub {
 
     /// Drains and stops the hub on its runtime, then ends the runtime and removes a
     /// temporary data directory.
-    pub async fn stop(mut self) {
+    /// Stops the hub; `Err` when its engine could not flush everything at the end.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
         if let (Some(hub), Some(runtime)) = (self.hub.take(), self.runtime.as_ref()) {
-            // A stop that panicked has nothing left to drain; the runtime ends either way.
-            let _ = runtime.spawn(hub.stop()).await;
+            match runtime.spawn(hub.stop()).await {
+                Ok(stopped) => stopped?,
+                // A stop that panicked has nothing left to drain; the runtime ends either way.
+                Err(e) => anyhow::bail!("the embedded hub's stop panicked: {e}"),
+            }
         }
+        Ok(())
     }
 }
 

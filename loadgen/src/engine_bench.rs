@@ -264,7 +264,7 @@ async fn run_async(args: EngineArgs) -> anyhow::Result<()> {
     }
     all.add(&prepare)?;
     all.add(&fulfil)?;
-    hub.shutdown().await;
+    hub.shutdown().await.context("engine shutdown")?;
     router.abort();
     let end = hub.metrics();
 

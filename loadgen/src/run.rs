@@ -62,7 +62,7 @@ pub async fn run(args: HttpArgs) -> anyhow::Result<RunOutcome> {
     )
     .await;
     if let Some(h) = embedded {
-        h.stop().await;
+        h.stop().await.context("stopping the embedded hub")?;
     }
     result
 }

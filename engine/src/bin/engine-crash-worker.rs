@@ -275,7 +275,9 @@ async fn audit(dir: PathBuf, released: PathBuf) -> Result<(), String> {
     if total != 0 {
         return Err(format!("positions sum to {total}, not 0"));
     }
-    hub.shutdown().await;
+    hub.shutdown()
+        .await
+        .map_err(|e| format!("shutdown: {e}"))?;
     println!("audit ok: {checked} released results intact");
     Ok(())
 }

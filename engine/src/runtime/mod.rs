@@ -37,6 +37,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, info_span, warn, Instrument};
 
+mod core;
+pub use self::core::{Core, CoreFault, Lookup, Released, Staged};
 mod actor;
 mod api;
 mod outbox;
@@ -140,6 +142,7 @@ struct Shared {
     syncer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     trimmer: mpsc::Sender<TrimMsg>,
     trimmer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    filter_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Counters as they were when the store closed (metrics after shutdown).
     final_metrics: Mutex<Option<EngineMetrics>>,
 }
@@ -268,6 +271,7 @@ impl Hub {
             syncer_thread: Mutex::new(None),
             trimmer: trim_tx,
             trimmer_thread: Mutex::new(None),
+            filter_thread: Mutex::new(None),
             final_metrics: Mutex::new(None),
         });
 
@@ -320,7 +324,7 @@ impl Hub {
         }
         let loader_store = store.clone();
         let loader_retention_ms = limits.retention_ms;
-        std::thread::Builder::new()
+        let filter_loader = std::thread::Builder::new()
             .name("engine-filter-loader".into())
             .spawn(move || {
                 load_filters(
@@ -332,6 +336,7 @@ impl Hub {
                 )
             })
             .map_err(|e| EngineError::Storage(e.to_string()))?;
+        *lock(&shared.filter_thread) = Some(filter_loader);
 
         // 5. The actors.
         let hub = Hub {
@@ -380,7 +385,8 @@ impl Hub {
                 last_snapshot_batch: rec.snapshot_batch,
             };
             let span = info_span!("partition", partition = p, epoch = epoch);
-            tasks.push(tokio::spawn(actor.run().instrument(span)));
+            let actor = tokio::spawn(actor.run().instrument(span));
+            tasks.push(tokio::spawn(watch_actor(shared.clone(), p as u32, actor)));
         }
         // 6. The ticker: expiry and idle returns.
         let ticker = hub.clone();
@@ -695,14 +701,18 @@ impl Hub {
     }
 
     /// Stops taking commands, lets every actor finish its batch, flushes, and waits.
-    pub async fn shutdown(&self) {
+    /// Stops taking commands, lets every actor finish its batch, flushes, joins every
+    /// thread and closes the store. `Err` when the last sync failed, the store had stopped
+    /// on a failed write or sync, or a thread panicked: then not everything acknowledged
+    /// may be on disk, and the process must not report a clean stop.
+    pub async fn shutdown(&self) -> Result<(), EngineError> {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         self.shared.stop.send_replace(true);
         let tasks = std::mem::take(&mut *lock(&self.shared.tasks));
         for task in tasks {
             let _ = task.await;
         }
-        let _ = self.sync().await;
+        let final_sync = self.sync().await;
         // The archiver writes and syncs what it has, then the syncer takes a last round;
         // once both threads are joined and the handle's store is dropped, the database
         // is closed and the data directory can be opened again.
@@ -710,29 +720,41 @@ impl Hub {
         let _ = self.shared.syncer.send(SyncMsg::Exit).await;
         let _ = self.shared.trimmer.send(TrimMsg::Exit).await;
         self.shared.compactor_stop.store(true, Ordering::Relaxed);
-        let archiver = lock(&self.shared.archiver_thread).take();
-        let compactor = lock(&self.shared.compactor_thread).take();
-        let syncer = lock(&self.shared.syncer_thread).take();
-        let trimmer = lock(&self.shared.trimmer_thread).take();
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Some(thread) = trimmer {
-                let _ = thread.join();
-            }
-            if let Some(thread) = archiver {
-                let _ = thread.join();
-            }
-            if let Some(thread) = compactor {
-                let _ = thread.join();
-            }
-            if let Some(thread) = syncer {
-                let _ = thread.join();
-            }
+        let threads: Vec<(&'static str, std::thread::JoinHandle<()>)> = [
+            ("trimmer", lock(&self.shared.trimmer_thread).take()),
+            ("archiver", lock(&self.shared.archiver_thread).take()),
+            ("compactor", lock(&self.shared.compactor_thread).take()),
+            ("syncer", lock(&self.shared.syncer_thread).take()),
+            ("filter loader", lock(&self.shared.filter_thread).take()),
+        ]
+        .into_iter()
+        .filter_map(|(name, thread)| thread.map(|t| (name, t)))
+        .collect();
+        let panicked: Vec<&'static str> = tokio::task::spawn_blocking(move || {
+            threads
+                .into_iter()
+                .filter_map(|(name, thread)| thread.join().is_err().then_some(name))
+                .collect()
         })
-        .await;
+        .await
+        .unwrap_or_else(|_| vec!["the joiner"]);
         let metrics = self.metrics();
         *lock(&self.shared.final_metrics) = Some(metrics);
-        lock(&self.shared.store).take();
+        let failed = lock(&self.shared.store)
+            .take()
+            .and_then(|store| store.failed());
+        final_sync?;
+        if let Some(reason) = failed {
+            return Err(EngineError::Storage(reason));
+        }
+        if !panicked.is_empty() {
+            return Err(EngineError::Storage(format!(
+                "engine threads panicked: {}",
+                panicked.join(", ")
+            )));
+        }
         info!("engine stopped");
+        Ok(())
     }
 }
 
@@ -756,6 +778,30 @@ async fn request_sync(shared: &Shared) -> Result<u64, EngineError> {
         .flush_latency_us_total
         .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     result.map_err(EngineError::Storage)
+}
+
+/// Waits for a partition's actor to end. An actor that panicked (a broken ledger
+/// invariant: a wrong balance is worse than a stopped partition) stops its partition with
+/// the panic's message, and its WAL is set aside so that the others keep trimming.
+async fn watch_actor(shared: Arc<Shared>, partition: u32, actor: tokio::task::JoinHandle<()>) {
+    let Err(error) = actor.await else {
+        return;
+    };
+    let reason = if error.is_panic() {
+        format!(
+            "partition {partition}: stopped on a broken invariant: {}",
+            panic_message(error.into_panic().as_ref())
+        )
+    } else {
+        format!("partition {partition}: its actor was cancelled")
+    };
+    error!(partition, error = %reason, "partition stopped");
+    *lock(&shared.stats[partition as usize].stopped) = Some(reason);
+    if let Some(store) = lock(&shared.store).clone() {
+        if let Err(e) = store.set_aside_partition(partition) {
+            error!(partition, error = %e, "setting a stopped partition's WAL aside failed");
+        }
+    }
 }
 
 /// Sends a tick to a partition unless one is already pending there (at most one pending

@@ -4,18 +4,6 @@
 
 use super::*;
 
-/// Hub time carried by a command, if any.
-pub(super) fn command_time(command: &Command) -> Option<TimestampMs> {
-    match command {
-        Command::Prepare { now_ms, .. }
-        | Command::Fulfil { now_ms, .. }
-        | Command::Reject { now_ms, .. }
-        | Command::Tick { now_ms }
-        | Command::Admin { now_ms, .. } => Some(*now_ms),
-        Command::Peer { .. } => None,
-    }
-}
-
 pub(super) struct Actor {
     pub(super) partition: u32,
     pub(super) store: Arc<dyn Storage>,
@@ -45,19 +33,13 @@ pub(super) struct Actor {
     pub(super) last_snapshot_batch: u64,
 }
 
-/// A batch applied and written, waiting for its fsync before anything of it is released.
-pub(super) struct InFlight {
+/// The IO half of a staged batch (its bookkeeping half is in the core's pipeline, in
+/// the same order): the sync to wait for and who to answer once it is durable.
+pub(super) struct Waiting {
     pub(super) done: oneshot::Receiver<Result<u64, String>>,
-    pub(super) batch_seq: u64,
-    pub(super) count: usize,
-    pub(super) output: crate::machine::Output,
     pub(super) replies: Vec<oneshot::Sender<()>>,
     /// Read answers computed from a state that includes this batch.
     pub(super) answers: Vec<Answer>,
-    /// How far this partition had applied each sender's messages once this batch was
-    /// applied (`inbound` watermarks): published as confirmations at its release, never
-    /// the live state, which may include messages of later batches not yet durable.
-    pub(super) confirms: Vec<(u32, u64)>,
     pub(super) requested: std::time::Instant,
 }
 
@@ -91,16 +73,90 @@ pub(super) const PIPELINE_DEPTH_MAX: usize = 2;
 pub(super) const IDLE_TURN_MS: u64 = 50;
 
 impl Actor {
-    pub(super) async fn run(mut self) {
+    /// Builds the running actor around its core and runs it until shutdown or a stop.
+    pub(super) async fn run(self) {
+        let Actor {
+            partition,
+            store,
+            filter,
+            filter_loaded,
+            filter_pending,
+            epoch,
+            shared,
+            state,
+            unconfirmed,
+            outbox,
+            acks,
+            finished_cache,
+            finished_order,
+            events,
+            client_rx,
+            peer_rx,
+            query_rx,
+            stop,
+            last_snapshot_batch,
+        } = self;
+        // Recovery hands over no cached finished transfers (its snapshot's are re-archived).
+        assert!(finished_cache.is_empty() && finished_order.is_empty());
+        let core = Core::from_parts(
+            epoch,
+            state,
+            unconfirmed,
+            outbox,
+            last_snapshot_batch,
+            &shared.limits,
+        );
+        assert_eq!(core.partition(), partition, "core of another partition");
+        let running = Running {
+            partition,
+            store,
+            filter,
+            filter_loaded,
+            filter_pending,
+            shared,
+            core,
+            acks,
+            events,
+            client_rx,
+            peer_rx,
+            query_rx,
+            stop,
+            waiting: VecDeque::new(),
+        };
+        running.run().await;
+    }
+}
+
+/// The actor at run time: the IO around one [`Core`].
+struct Running {
+    partition: u32,
+    store: Arc<dyn Storage>,
+    filter: ArchiveFilter,
+    filter_loaded: Option<oneshot::Receiver<ArchiveFilter>>,
+    filter_pending: Vec<(u64, i64)>,
+    shared: Arc<Shared>,
+    core: Core,
+    acks: Arc<Acks>,
+    events: mpsc::Sender<Delivery>,
+    client_rx: mpsc::Receiver<ClientRequest>,
+    peer_rx: mpsc::Receiver<Command>,
+    query_rx: mpsc::Receiver<Query>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    /// The IO half of the core's staged batches, oldest first.
+    waiting: VecDeque<Waiting>,
+}
+
+impl Running {
+    async fn run(mut self) {
         // Re-send what the receivers may not have made durable before the restart.
-        for message in self.unconfirmed.values() {
+        let resend: Vec<Outgoing> = self.core.unconfirmed().values().cloned().collect();
+        for message in resend {
             if let Err(e) = self.deliver(message) {
                 self.stop(&e);
                 return;
             }
         }
         let batch_max = self.shared.limits.batch_size_max.max(1);
-        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         loop {
             let stopping = self.shared.shutting_down.load(Ordering::Relaxed);
             self.dispatch_events();
@@ -117,14 +173,14 @@ impl Actor {
             }
             while let Ok(query) = self.query_rx.try_recv() {
                 let answer = self.answer(query);
-                match in_flight.back_mut() {
+                match self.waiting.back_mut() {
                     Some(last) => last.answers.push(answer),
                     None => answer.send(),
                 }
             }
             if commands.is_empty() {
-                if let Some(oldest) = in_flight.pop_front() {
-                    if let Err(e) = self.release(oldest).await {
+                if !self.waiting.is_empty() {
+                    if let Err(e) = self.release().await {
                         self.stop(&e);
                         return;
                     }
@@ -166,18 +222,15 @@ impl Actor {
             if commands.is_empty() {
                 continue;
             }
-            match self.stage(commands, replies).await {
-                Ok(entry) => in_flight.push_back(entry),
-                Err(e) => {
-                    self.stop(&e);
-                    return;
-                }
+            if let Err(e) = self.stage(commands, replies).await {
+                self.stop(&e);
+                return;
             }
-            let snapshot_due = self.state.batch_seq - self.last_snapshot_batch
-                >= self.shared.limits.snapshot_every_batches;
-            while in_flight.len() >= PIPELINE_DEPTH_MAX || (snapshot_due && !in_flight.is_empty()) {
-                let oldest = in_flight.pop_front().expect("not empty");
-                if let Err(e) = self.release(oldest).await {
+            let snapshot_due = self.core.snapshot_due();
+            while self.waiting.len() >= PIPELINE_DEPTH_MAX
+                || (snapshot_due && !self.waiting.is_empty())
+            {
+                if let Err(e) = self.release().await {
                     self.stop(&e);
                     return;
                 }
@@ -214,9 +267,10 @@ impl Actor {
     }
 
     fn answer(&self, query: Query) -> Answer {
+        let state = self.core.state();
         match query {
             Query::Transfer { id, reply } => {
-                let view = if let Some(open) = self.state.transfers.get(&id) {
+                let view = if let Some(open) = state.transfers.get(&id) {
                     Ok(Some(TransferView {
                         transfer_id: id,
                         payer: open.parties.payer,
@@ -230,7 +284,11 @@ impl Actor {
                         completed_ms: None,
                     }))
                 } else {
-                    match self.lookup_finished(&id, None) {
+                    let found = match self.core.cached_finished(&id) {
+                        Some(record) => Ok(Some(record.clone())),
+                        None => self.store.finished(&id),
+                    };
+                    match found {
                         Ok(record) => Ok(record.map(|record| TransferView {
                             transfer_id: id,
                             payer: record.parties.payer,
@@ -249,14 +307,13 @@ impl Actor {
             }
             Query::Account { account, reply } => {
                 let mut figures = SliceFigures {
-                    active: self
-                        .state
+                    active: state
                         .participants
                         .get(&account.fsp)
                         .is_some_and(|f| f.active),
                     ..SliceFigures::default()
                 };
-                if let Some(entry) = self.state.accounts.get(&account) {
+                if let Some(entry) = state.accounts.get(&account) {
                     figures.known = true;
                     figures.position = entry.slice.position;
                     figures.reserved = entry.slice.reserved;
@@ -275,101 +332,77 @@ impl Actor {
         }
     }
 
-    /// The archived record of a transfer that is not open here, if any. `now_ms` is the
-    /// hub time of the command asking (the filter only speaks for the retention window).
-    fn lookup_finished(
-        &self,
-        id: &TransferId,
-        now_ms: Option<TimestampMs>,
-    ) -> Result<Option<FinishedTransfer>, EngineError> {
-        if let Some(record) = self.finished_cache.get(id) {
-            return Ok(Some(record.clone()));
-        }
-        if let Some(now_ms) = now_ms {
-            if !self
-                .filter
-                .might_contain(id.route_hash(), now_ms, self.shared.limits.retention_ms)
-            {
-                return Ok(None);
-            }
-        }
-        self.store.finished(id)
-    }
-
     /// Remembers finished transfers in the filter (and for the loaded one, if pending).
-    fn filter_insert(&mut self, records: &[FinishedTransfer]) {
-        if let Some(loading) = self.filter_loaded.as_mut() {
+    fn filter_insert(
+        filter: &mut ArchiveFilter,
+        filter_loaded: &mut Option<oneshot::Receiver<ArchiveFilter>>,
+        filter_pending: &mut Vec<(u64, i64)>,
+        records: &[FinishedTransfer],
+    ) {
+        if let Some(loading) = filter_loaded.as_mut() {
             match loading.try_recv() {
                 Ok(mut loaded) => {
-                    for (hash, finished_ms) in self.filter_pending.drain(..) {
+                    for (hash, finished_ms) in filter_pending.drain(..) {
                         loaded.insert(hash, finished_ms);
                     }
                     loaded.mark_complete();
-                    self.filter = loaded;
-                    self.filter_loaded = None;
+                    *filter = loaded;
+                    *filter_loaded = None;
                 }
                 Err(oneshot::error::TryRecvError::Empty) => {}
                 Err(oneshot::error::TryRecvError::Closed) => {
                     // The loader failed (it logged why): keep going to disk for every check.
-                    self.filter_loaded = None;
-                    self.filter_pending.clear();
+                    *filter_loaded = None;
+                    filter_pending.clear();
                 }
             }
         }
         for record in records {
             let hash = record.parties.transfer_id.route_hash();
-            self.filter.insert(hash, record.finished_ms);
-            if self.filter_loaded.is_some() {
-                self.filter_pending.push((hash, record.finished_ms));
+            filter.insert(hash, record.finished_ms);
+            if filter_loaded.is_some() {
+                filter_pending.push((hash, record.finished_ms));
             }
         }
     }
 
-    /// Applies a batch, writes its WAL record and asks for durability (without waiting).
+    /// Stages a batch in the core, writes its WAL record and asks for durability (without
+    /// waiting).
     async fn stage(
         &mut self,
         commands: Vec<Command>,
         replies: Vec<oneshot::Sender<()>>,
-    ) -> Result<InFlight, EngineError> {
-        let count = commands.len();
-        let mut inputs = Vec::with_capacity(count);
-        for command in commands {
-            if matches!(command, Command::Tick { .. }) {
-                self.shared.stats[self.partition as usize]
-                    .tick_pending
-                    .store(false, Ordering::Release);
-            }
-            let prior = match command.transfer_id() {
-                Some(id) if !self.state.is_open(&id) => {
-                    self.lookup_finished(&id, command_time(&command))?
+    ) -> Result<(), EngineError> {
+        if commands.iter().any(|c| matches!(c, Command::Tick { .. })) {
+            self.shared.stats[self.partition as usize]
+                .tick_pending
+                .store(false, Ordering::Release);
+        }
+        let filter = &self.filter;
+        let store = &self.store;
+        let retention_ms = self.shared.limits.retention_ms;
+        // The archived record of a transfer neither open nor cached: the filter speaks for
+        // the retention window before `now_ms` (the hub time of the command asking).
+        let mut lookup = |id: &TransferId, now_ms: Option<TimestampMs>| {
+            if let Some(now_ms) = now_ms {
+                if !filter.might_contain(id.route_hash(), now_ms, retention_ms) {
+                    return Ok(None);
                 }
-                _ => None,
-            };
-            inputs.push(Input { command, prior });
-        }
-        // The WAL record is encoded before applying (applying consumes the input) without
-        // cloning it, and written after: a batch that trips an invariant never reaches disk.
-        let batch_seq = self.state.batch_seq + 1;
-        let body = encode_batch(&WalRecordRef {
-            batch_seq,
-            epoch: self.epoch,
-            inputs: inputs.iter().map(|i| (&i.command, &i.prior)).collect(),
-        })?;
-        let output = self.state.apply_batch(inputs);
-        assert_eq!(
-            self.state.batch_seq, batch_seq,
-            "batch numbering out of step"
-        );
+            }
+            store.finished(id)
+        };
+        let staged = self.core.stage(commands, &mut lookup)?;
         self.store
-            .append_encoded(self.partition, batch_seq, &body)?;
-        if cfg!(debug_assertions) {
-            self.state.audit();
-        }
-        self.filter_insert(&output.finished);
-        // Finished transfers stay readable (GET, duplicates) until the archiver has them.
-        for record in &output.finished {
-            self.finished_cache
-                .insert(record.parties.transfer_id, record.clone());
+            .append_encoded(self.partition, staged.batch_seq, &staged.body)?;
+        Self::filter_insert(
+            &mut self.filter,
+            &mut self.filter_loaded,
+            &mut self.filter_pending,
+            staged.finished,
+        );
+        if !staged.confirm_now.is_empty() {
+            let confirm_now = staged.confirm_now;
+            self.publish_confirmations(&confirm_now);
         }
         let (reply, done) = oneshot::channel();
         self.shared
@@ -377,72 +410,66 @@ impl Actor {
             .send(SyncMsg::Sync(reply))
             .await
             .map_err(|_| EngineError::ShuttingDown)?;
-        Ok(InFlight {
+        self.waiting.push_back(Waiting {
             done,
-            batch_seq: self.state.batch_seq,
-            count,
-            output,
             replies,
             answers: Vec::new(),
-            confirms: self
-                .state
-                .inbound
-                .iter()
-                .map(|(from, inbound)| (*from, inbound.watermark))
-                .collect(),
             requested: std::time::Instant::now(),
-        })
+        });
+        assert_eq!(
+            self.waiting.len(),
+            self.core.staged_len(),
+            "the IO half of the pipeline is out of step with the core's"
+        );
+        Ok(())
     }
 
-    /// Waits for a staged batch to be durable, then releases everything it produced.
-    async fn release(&mut self, entry: InFlight) -> Result<(), EngineError> {
-        let InFlight {
+    /// Waits for the oldest staged batch to be durable, then releases everything it
+    /// produced.
+    async fn release(&mut self) -> Result<(), EngineError> {
+        let Waiting {
             done,
-            batch_seq,
-            count,
-            output,
             replies,
             answers,
-            confirms,
             requested,
-        } = entry;
-        done.await
+        } = self.waiting.pop_front().expect("a batch is waiting");
+        let synced = done
+            .await
             .map_err(|_| EngineError::ShuttingDown)?
-            .map_err(EngineError::Storage)?;
+            .map(|_| ())
+            .map_err(EngineError::Storage);
+        let released = self.core.release_oldest(synced)?;
         self.shared
             .flush_latency_us_total
             .fetch_add(requested.elapsed().as_micros() as u64, Ordering::Relaxed);
 
         // Durable: release everything.
         let stats = &self.shared.stats[self.partition as usize];
-        stats.committed_batch.store(batch_seq, Ordering::Relaxed);
+        stats
+            .committed_batch
+            .store(released.batch_seq, Ordering::Relaxed);
         stats
             .applied_commands
-            .fetch_add(count as u64, Ordering::Relaxed);
-        stats.last_batch_size.store(count as u64, Ordering::Relaxed);
+            .fetch_add(released.count as u64, Ordering::Relaxed);
+        stats
+            .last_batch_size
+            .store(released.count as u64, Ordering::Relaxed);
         stats
             .parked
-            .store(self.state.parked_count, Ordering::Relaxed);
+            .store(self.core.state().parked_count, Ordering::Relaxed);
         self.shared.batches.fetch_add(1, Ordering::Relaxed);
         self.shared
             .denials
-            .fetch_add(output.denials.len() as u64, Ordering::Relaxed);
-        self.publish_confirmations(&confirms);
-        for message in output.messages {
-            self.deliver(&message)?;
-            self.unconfirmed.insert((message.to, message.seq), message);
+            .fetch_add(released.denials as u64, Ordering::Relaxed);
+        self.publish_confirmations(&released.confirmations);
+        for message in released.messages {
+            self.deliver(message)?;
         }
-        if !output.finished.is_empty() {
-            let ids: Vec<TransferId> = output
-                .finished
-                .iter()
-                .map(|r| r.parties.transfer_id)
-                .collect();
-            self.finished_order.push_back((batch_seq, ids));
+        if !released.finished.is_empty() {
             let job = ArchiveJob {
                 partition: self.partition,
-                batch_seq,
-                records: output.finished,
+                batch_seq: released.batch_seq,
+                records: released.finished,
             };
             // A full archiver queue slows this partition down instead of growing memory.
             self.shared
@@ -457,26 +484,25 @@ impl Actor {
         for answer in answers {
             answer.send();
         }
-        let mut shed = 0;
-        for event in output.events {
+        for event in released.admin_done {
             if let Event::AdminDone {
                 request_id,
                 code,
                 message,
-            } = &event
+            } = event
             {
-                if let Some(waiter) = lock(&self.shared.admin_waiters).remove(request_id) {
-                    let _ = waiter.send((*code, message.clone()));
+                if let Some(waiter) = lock(&self.shared.admin_waiters).remove(&request_id) {
+                    let _ = waiter.send((code, message));
                 }
-                continue;
             }
-            shed += self.outbox.push(event);
         }
-        if shed > 0 {
-            self.shared.events_shed.fetch_add(shed, Ordering::Relaxed);
+        if released.shed > 0 {
+            self.shared
+                .events_shed
+                .fetch_add(released.shed, Ordering::Relaxed);
             warn!(
                 partition = self.partition,
-                shed,
+                shed = released.shed,
                 bound = self.shared.limits.outbox_events_max,
                 "results shed: the event consumer is too far behind"
             );
@@ -485,7 +511,7 @@ impl Actor {
         self.trim_finished_cache();
         // Over its bound, the cache waits for the archiver instead of growing: this
         // partition slows down (its mailbox fills and answers "overloaded").
-        while self.finished_cache.len() > self.shared.limits.finished_cache_max {
+        while self.core.finished_cache_len() > self.shared.limits.finished_cache_max {
             tokio::time::sleep(Duration::from_millis(ARCHIVE_SYNC_INTERVAL_MS / 10)).await;
             self.trim_finished_cache();
         }
@@ -500,17 +526,18 @@ impl Actor {
 
     /// Sends a message into the receiver's log (its peer lane). A closed lane (a stopped
     /// receiver) keeps the message in `unconfirmed`, re-sent after a restart.
-    fn deliver(&self, message: &Outgoing) -> Result<(), EngineError> {
+    fn deliver(&self, message: Outgoing) -> Result<(), EngineError> {
+        let Outgoing { to, seq, message } = message;
         let command = Command::Peer {
             from: self.partition,
-            seq: message.seq,
-            message: message.message.clone(),
+            seq,
+            message,
         };
-        match self.shared.peers[message.to as usize].try_send(command) {
+        match self.shared.peers[to as usize].try_send(command) {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => Err(EngineError::Overflow(format!(
                 "peer lane of partition {} is over its bound of {} messages",
-                message.to, self.shared.limits.peer_lane_capacity
+                to, self.shared.limits.peer_lane_capacity
             ))),
         }
     }
@@ -518,72 +545,54 @@ impl Actor {
     /// Hands released results to the event consumer, as many as its channel takes now;
     /// the rest stay in the outbox for the next turn (the ledger never waits for it).
     fn dispatch_events(&mut self) {
-        outbox::take_acks(&mut self.outbox, &self.acks);
-        while let Some((seq, event)) = self.outbox.next_to_dispatch() {
+        outbox::take_acks(self.core.outbox_mut(), &self.acks);
+        while let Some((seq, event)) = self.core.next_event() {
             match self.events.try_reserve() {
                 Ok(permit) => {
                     permit.send(outbox::delivery(self.partition, seq, event, &self.acks));
-                    self.outbox.dispatched(seq);
+                    self.core.event_dispatched(seq);
                 }
                 Err(mpsc::error::TrySendError::Full(())) => break,
                 Err(mpsc::error::TrySendError::Closed(())) => {
                     // Nobody consumes results (the consumer is gone): nothing to keep.
-                    self.outbox.dispatched(seq);
-                    self.outbox.ack(seq);
+                    self.core.event_dispatched(seq);
+                    self.core.ack_event(seq);
                 }
             }
         }
         self.shared.stats[self.partition as usize]
             .outbox_pending
-            .store(self.outbox.pending(), Ordering::Relaxed);
+            .store(self.core.events_pending(), Ordering::Relaxed);
     }
 
-    /// Tells senders how far this partition has durably applied their messages:
-    /// `confirms` are the watermarks as of the batch just made durable.
+    /// Tells senders how far this partition has durably applied their messages, then
+    /// drops this partition's sent messages that their receivers have confirmed.
     fn publish_confirmations(&mut self, confirms: &[(u32, u64)]) {
         let n = self.shared.partitions as usize;
+        let me = self.partition as usize;
         for (from, watermark) in confirms {
-            self.shared.confirmed[self.partition as usize * n + *from as usize]
-                .store(*watermark, Ordering::Release);
+            self.shared.confirmed[me * n + *from as usize].store(*watermark, Ordering::Release);
         }
         let confirmed = &self.shared.confirmed;
-        let me = self.partition as usize;
-        self.unconfirmed
-            .retain(|(to, seq), _| *seq > confirmed[*to as usize * n + me].load(Ordering::Acquire));
+        self.core
+            .prune_unconfirmed(&|to| confirmed[to as usize * n + me].load(Ordering::Acquire));
     }
 
     /// Drops cached finished transfers once the archiver has made them durable.
     fn trim_finished_cache(&mut self) {
         let archived = self.shared.archived_upto[self.partition as usize].load(Ordering::Acquire);
-        while let Some((batch, _)) = self.finished_order.front() {
-            if *batch > archived {
-                break;
-            }
-            let (_, ids) = self.finished_order.pop_front().expect("front exists");
-            for id in ids {
-                self.finished_cache.remove(&id);
-            }
-        }
+        self.core.trim_finished_cache(archived);
     }
 
     /// Writes a snapshot and drops the WAL before it.
     fn snapshot(&mut self) -> Result<(), EngineError> {
-        let snapshot = SnapshotRecord {
-            batch_seq: self.state.batch_seq,
-            state: self.state.snapshot_bytes(),
-            unconfirmed: self.unconfirmed.values().cloned().collect(),
-            // Finished transfers the archiver may not have written yet: recovery writes them.
-            unarchived: self.finished_cache.values().cloned().collect(),
-            outbox: self.outbox.pending_events(),
-            next_event_seq: self.outbox.next_seq(),
-        };
+        let snapshot = self.core.snapshot();
         self.store.write_snapshot(self.partition, &snapshot)?;
         // Full queue: skip; the next snapshot's trim covers these records too.
         let _ = self.shared.trimmer.try_send(TrimMsg::Trim {
             partition: self.partition,
             upto: snapshot.batch_seq,
         });
-        self.last_snapshot_batch = snapshot.batch_seq;
         Ok(())
     }
 }

@@ -1,7 +1,9 @@
 //! Recovery of one partition at open: its snapshot, then the WAL after it, checked
 //! (batch numbers contiguous, owner epochs older than this start's, the state's ledger
 //! invariants), giving the state, the unconfirmed peer messages and the outbox of
-//! unacknowledged results. A partition that cannot recover stops alone.
+//! unacknowledged results. A partition that cannot recover stops alone. The replay itself
+//! is [`Core::recover`] (IO-free but for the `Storage` it reads), so that the simulation
+//! recovers its partitions with the very code the hub runs.
 
 use super::*;
 
@@ -48,6 +50,8 @@ pub(super) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".to_string())
 }
 
+/// Recovery proper is the core's ([`Core::recover`]); this takes the recovered core
+/// apart into what the runtime's wiring builds the actor from.
 pub(super) fn recover(
     store: &dyn Storage,
     partition: u32,
@@ -55,116 +59,12 @@ pub(super) fn recover(
     epoch: u64,
     limits: &Limits,
 ) -> Result<Recovered, EngineError> {
-    let (mut state, mut unconfirmed, mut outbox, snapshot_batch) =
-        match store.load_snapshot(partition)? {
-            Some(snapshot) => {
-                let state = PartitionState::from_snapshot(&snapshot.state, limits.clone())
-                    .map_err(|e| EngineError::Corrupt {
-                        partition,
-                        what: format!("snap/{}", snapshot.batch_seq),
-                        detail: e.to_string(),
-                    })?;
-                if state.partition != partition || state.partitions != partitions {
-                    return Err(EngineError::Corrupt {
-                        partition,
-                        what: "snapshot".into(),
-                        detail: "belongs to another partition".into(),
-                    });
-                }
-                let outbox = restore_outbox(partition, limits, &snapshot)?;
-                let unconfirmed = snapshot
-                    .unconfirmed
-                    .into_iter()
-                    .map(|o| ((o.to, o.seq), o))
-                    .collect();
-                store.archive(&snapshot.unarchived)?;
-                store.sync_archive()?;
-                (state, unconfirmed, outbox, snapshot.batch_seq)
-            }
-            None => (
-                PartitionState::new(partition, partitions, limits.clone()),
-                BTreeMap::new(),
-                Outbox::restore(limits.outbox_events_max, 0, Vec::new()),
-                0,
-            ),
-        };
-    let mut last_epoch = 0;
-    for record in store.batches_after(partition, state.batch_seq)? {
-        if record.batch_seq != state.batch_seq + 1 {
-            return Err(EngineError::Corrupt {
-                partition,
-                what: format!("wal/{}", record.batch_seq),
-                detail: format!("expected batch {}", state.batch_seq + 1),
-            });
-        }
-        // Owner epochs only grow along the log, and all of them are older than the
-        // epoch this start has just taken: anything else was written by another owner.
-        if record.epoch < last_epoch || record.epoch >= epoch {
-            return Err(EngineError::Corrupt {
-                partition,
-                what: format!("wal/{}", record.batch_seq),
-                detail: format!(
-                    "written at owner epoch {}: epochs must not fall along the log (the \
-                     record before had {last_epoch}) and must be older than this start's \
-                     epoch {epoch}",
-                    record.epoch
-                ),
-            });
-        }
-        last_epoch = record.epoch;
-        let inputs = record
-            .inputs
-            .into_iter()
-            .map(|(command, prior)| Input { command, prior })
-            .collect();
-        let output = state.apply_batch(inputs);
-        for message in output.messages {
-            unconfirmed.insert((message.to, message.seq), message);
-        }
-        store.archive(&output.finished)?;
-        for event in output.events {
-            if !matches!(event, Event::AdminDone { .. }) {
-                outbox.push(event);
-            }
-        }
-    }
-    store.sync_archive()?;
-    state.check().map_err(|detail| EngineError::Corrupt {
-        partition,
-        what: format!("state after replay to batch {}", state.batch_seq),
-        detail,
-    })?;
-    info!(partition, batch = state.batch_seq, "partition recovered");
+    let core = Core::recover(store, partition, partitions, epoch, limits, CoreFault::None)?;
+    let (state, unconfirmed, outbox, snapshot_batch) = core.into_recovered();
     Ok(Recovered {
         state,
         unconfirmed,
         outbox,
         snapshot_batch,
     })
-}
-
-/// The outbox a snapshot recorded, checked: its events are numbered below its next
-/// number, in order.
-pub(super) fn restore_outbox(
-    partition: u32,
-    limits: &Limits,
-    snapshot: &SnapshotRecord,
-) -> Result<Outbox, EngineError> {
-    let ordered = snapshot.outbox.windows(2).all(|w| w[0].0 < w[1].0)
-        && snapshot
-            .outbox
-            .last()
-            .is_none_or(|(seq, _)| *seq < snapshot.next_event_seq);
-    if !ordered {
-        return Err(EngineError::Corrupt {
-            partition,
-            what: format!("snap/{}", snapshot.batch_seq),
-            detail: "outbox events out of order".into(),
-        });
-    }
-    Ok(Outbox::restore(
-        limits.outbox_events_max,
-        snapshot.next_event_seq,
-        snapshot.outbox.clone(),
-    ))
 }

@@ -484,9 +484,13 @@ async fn read_chunked_body(conn: &mut Conn, limits: &ClientLimits) -> Result<Byt
             while !read_line(conn).await?.is_empty() {}
             return Ok(Bytes::from(body));
         }
-        if body.len() + size > body_max {
+        // Checked: a chunk size of up to 2^64 - 1 is valid hex, and `body.len() + size`
+        // (or `size + 2` below) would wrap.
+        let within = body.len().checked_add(size).is_some_and(|n| n <= body_max);
+        if !within {
             return Err(ClientError::BadResponse("body over its size bound"));
         }
+        // Cannot overflow now: size <= body_max.
         while conn.buf.len() < size + 2 {
             fill(conn, body_max.saturating_add(CHUNK_LINE_BYTES_MAX)).await?;
         }
@@ -926,6 +930,20 @@ mod tests {
             assert!(e.to_string().contains(why), "{e} (wanted {why})");
             assert_eq!(client.idle_connections(), 0);
         }
+    }
+
+    #[tokio::test]
+    async fn a_huge_chunk_size_is_a_bad_response_not_an_overflow() {
+        // After a first chunk, a size of 2^64 - 1: `body.len() + size` overflowed.
+        let answer: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+            5\r\nhello\r\nffffffffffffffff\r\n";
+        let s = script(vec![answer], After::KeepOpen).await;
+        let client = Client::new(limits());
+        let e = put(&client, s.addr).await.expect_err("accepted");
+        assert!(matches!(e, ClientError::BadResponse(_)), "{e}");
+        assert!(e.to_string().contains("size bound"), "{e}");
+        assert!(e.was_sent());
+        assert_eq!(client.idle_connections(), 0, "the connection is not reused");
     }
 
     #[tokio::test]

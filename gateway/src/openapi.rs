@@ -76,8 +76,8 @@ fn responses(answers: &[(&str, &str)]) -> Value {
     Value::Object(map)
 }
 
-const FSPIOP_ANSWERS: [(&str, &str); 4] = [
-    ("202", "Accepted; the result follows as a callback"),
+/// The error answers every FSPIOP operation shares (its success answer comes first).
+const FSPIOP_ERRORS: [(&str, &str); 3] = [
     (
         "400",
         "3100 validation, 3101 malformed syntax, 3102 missing element",
@@ -92,11 +92,23 @@ const FSPIOP_ANSWERS: [(&str, &str); 4] = [
     ),
 ];
 
-fn fspiop_op(summary: &str, body: Option<&str>, path_params: Vec<Value>) -> Value {
+/// `POST` and `GET` answer 202 (the result follows as a callback).
+const ACCEPTED: (&str, &str) = ("202", "Accepted; the result follows as a callback");
+/// The payee's `PUT`s are callbacks themselves: 200, as ml-api-adapter answers them.
+const RECEIVED: (&str, &str) = ("200", "OK; made durable, the outcome follows as callbacks");
+
+fn fspiop_op(
+    summary: &str,
+    body: Option<&str>,
+    path_params: Vec<Value>,
+    ok: (&str, &str),
+) -> Value {
     let mut params = path_params;
     params.extend(fspiop_headers(body.is_some()));
+    let mut answers = vec![ok];
+    answers.extend(FSPIOP_ERRORS);
     let mut op = json!({"tags": ["FSPIOP transfers"], "summary": summary,
-                        "parameters": params, "responses": responses(&FSPIOP_ANSWERS)});
+                        "parameters": params, "responses": responses(&answers)});
     if let Some(name) = body {
         op["requestBody"] = json!({"required": true, "content": {
             media_type("1.1"): {"schema": schema(name)}}});
@@ -215,12 +227,12 @@ pub fn document() -> Value {
         "info": {"title": "Position engine hub", "version": env!("CARGO_PKG_VERSION"),
                  "description": "FSPIOP v1.1 transfers (FSPIOP listener; results arrive as callbacks to the endpoints a participant registered) and the central-ledger-shaped admin and operator API (admin listener)."},
         "paths": {
-            "/transfers": {"post": fspiop_op("Prepare a transfer; forwarded to the payee, or refused by PUT /transfers/{ID}/error to the payer", Some("TransfersPostRequest"), vec![])},
+            "/transfers": {"post": fspiop_op("Prepare a transfer; forwarded to the payee, or refused by PUT /transfers/{ID}/error to the payer", Some("TransfersPostRequest"), vec![], ACCEPTED)},
             "/transfers/{ID}": {
-                "put": fspiop_op("Fulfil (payee): COMMITTED, or RESERVED to get a PATCH with the outcome", Some("TransfersIDPutResponse"), vec![id()]),
-                "get": fspiop_op("Ask for a transfer's state; answered by PUT /transfers/{ID} (or /error: 3208 unknown, 3000 not a party)", None, vec![id()])
+                "put": fspiop_op("Fulfil (payee): COMMITTED, or RESERVED to get a PATCH with the outcome", Some("TransfersIDPutResponse"), vec![id()], RECEIVED),
+                "get": fspiop_op("Ask for a transfer's state; answered by PUT /transfers/{ID} (or /error: 3208 unknown, 3000 not a party)", None, vec![id()], ACCEPTED)
             },
-            "/transfers/{ID}/error": {"put": fspiop_op("Reject (payee); the error is passed on to the payer", Some("ErrorInformationObject"), vec![id()])},
+            "/transfers/{ID}/error": {"put": fspiop_op("Reject (payee); the error is passed on to the payer", Some("ErrorInformationObject"), vec![id()], RECEIVED)},
             "/participants": {
                 "post": admin_op("Create a participant with POSITION and SETTLEMENT accounts in a currency (repeat per currency)", Some("ParticipantCreate"), vec![], "201"),
                 "get": admin_op("List participants (the hub first)", None, vec![], "200")},
@@ -301,5 +313,25 @@ mod tests {
             doc["components"]["schemas"]["Money"]["properties"]["amount"]["pattern"],
             AMOUNT_PATTERN
         );
+    }
+
+    /// The payee's PUTs answer 200, POST and GET 202, as the handlers do.
+    #[test]
+    fn success_answers_match_the_handlers() {
+        let doc = document();
+        let ok = |path: &str, method: &str| -> Vec<String> {
+            let responses = doc["paths"][path][method]["responses"]
+                .as_object()
+                .expect("responses");
+            responses
+                .keys()
+                .filter(|k| k.starts_with('2'))
+                .cloned()
+                .collect()
+        };
+        assert_eq!(ok("/transfers", "post"), ["202"]);
+        assert_eq!(ok("/transfers/{ID}", "get"), ["202"]);
+        assert_eq!(ok("/transfers/{ID}", "put"), ["200"]);
+        assert_eq!(ok("/transfers/{ID}/error", "put"), ["200"]);
     }
 }

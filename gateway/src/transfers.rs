@@ -2,8 +2,10 @@
 //! `PUT /transfers/{ID}/error`, `GET /transfers/{ID}`.
 //!
 //! Each handler validates synchronously (400 / 406 with an FSPIOP error body), hands a
-//! command to the engine, waits until the engine has made it durable, and answers 202.
-//! Results reach the DFSPs as callbacks from the notifier.
+//! command to the engine, waits until the engine has made it durable, and answers: 202
+//! for `POST` and `GET` (the result follows as a callback), 200 for the two `PUT`s (a
+//! payee's callback to the hub, acknowledged as ml-api-adapter does). Results reach the
+//! DFSPs as callbacks from the notifier.
 
 use crate::fspiop::{
     self, check_extension_list, check_headers, check_ilp_packet, digest_field, fsp_field,
@@ -65,6 +67,17 @@ fn submit_error(error: SubmitError) -> ApiError {
     }
 }
 
+/// The answer to a request the engine made durable: `POST /transfers` and `GET` answer
+/// 202 (the result is a later callback); the payee's `PUT /transfers/{ID}` and
+/// `PUT /transfers/{ID}/error` are themselves callbacks and answer 200, as ml-api-adapter
+/// does.
+fn success_status(route: Route) -> StatusCode {
+    match route {
+        Route::Prepare | Route::Get => StatusCode::ACCEPTED,
+        Route::Fulfil | Route::Reject => StatusCode::OK,
+    }
+}
+
 fn finish(
     state: &AppState,
     route: Route,
@@ -72,7 +85,7 @@ fn finish(
     result: Result<(), ApiError>,
 ) -> HttpResponse {
     let response = match result {
-        Ok(()) => HttpResponse::Accepted().finish(),
+        Ok(()) => HttpResponse::build(success_status(route)).finish(),
         Err(error) => error_response(&error),
     };
     state.metrics.request(

@@ -121,7 +121,7 @@ async fn golden_path_patch_duplicates_reject_and_invalid_fulfilment() {
     );
     assert_eq!(w.positions().await, ((0.0, 100.5), (0.0, 0.0)));
     let first_fulfil = fulfil_body(1, "COMMITTED");
-    assert_eq!(w.fulfil(1, &first_fulfil).await.0, 202);
+    assert_eq!(w.fulfil(1, &first_fulfil).await.0, 200);
     let done = w
         .callback(PAYER, "PUT", &format!("/transfers/{}", tid(1)))
         .await;
@@ -140,7 +140,7 @@ async fn golden_path_patch_duplicates_reject_and_invalid_fulfilment() {
     w.dfsps
         .wait_for("forward 2", |r| r.body["transferId"] == tid(2))
         .await;
-    assert_eq!(w.fulfil(2, &fulfil_body(2, "RESERVED")).await.0, 202);
+    assert_eq!(w.fulfil(2, &fulfil_body(2, "RESERVED")).await.0, 200);
     let patch = w
         .callback(PAYEE, "PATCH", &format!("/transfers/{}", tid(2)))
         .await;
@@ -167,7 +167,7 @@ async fn golden_path_patch_duplicates_reject_and_invalid_fulfilment() {
         .await;
     assert_eq!(error_code(&error), "3106");
     // Duplicate fulfil, same body: COMMITTED re-sent to the payee; modified: 3106.
-    assert_eq!(w.fulfil(1, &first_fulfil).await.0, 202);
+    assert_eq!(w.fulfil(1, &first_fulfil).await.0, 200);
     let resent = w
         .callback(PAYEE, "PUT", &format!("/transfers/{}", tid(1)))
         .await;
@@ -175,7 +175,7 @@ async fn golden_path_patch_duplicates_reject_and_invalid_fulfilment() {
     assert_eq!(resent.body["fulfilment"], first_fulfil["fulfilment"]);
     let mut other = first_fulfil.clone();
     other["completedTimestamp"] = json!(expiration_in(-5_000));
-    assert_eq!(w.fulfil(1, &other).await.0, 202);
+    assert_eq!(w.fulfil(1, &other).await.0, 200);
     let error = w
         .callback(PAYEE, "PUT", &format!("/transfers/{}/error", tid(1)))
         .await;
@@ -196,7 +196,7 @@ async fn golden_path_patch_duplicates_reject_and_invalid_fulfilment() {
     w.dfsps
         .wait_for("forward 3", |r| r.body["transferId"] == tid(3))
         .await;
-    assert_eq!(w.reject(3, "5101").await.0, 202);
+    assert_eq!(w.reject(3, "5101").await.0, 200);
     let error = w
         .callback(PAYER, "PUT", &format!("/transfers/{}/error", tid(3)))
         .await;
@@ -215,7 +215,7 @@ async fn golden_path_patch_duplicates_reject_and_invalid_fulfilment() {
         .await;
     let mut wrong = fulfil_body(4, "COMMITTED");
     wrong["fulfilment"] = json!(secret(999).0);
-    assert_eq!(w.fulfil(4, &wrong).await.0, 202);
+    assert_eq!(w.fulfil(4, &wrong).await.0, 200);
     let error = w
         .callback(PAYER, "PUT", &format!("/transfers/{}/error", tid(4)))
         .await;
@@ -492,7 +492,7 @@ async fn acknowledged_results_survive_sigkill_and_sigterm_exits_cleanly() {
                 )
                 .await
                 .0,
-                202
+                200
             );
             dfsps
                 .wait_for("commit", |r| {
@@ -559,7 +559,7 @@ async fn acknowledged_results_survive_sigkill_and_sigterm_exits_cleanly() {
         )
         .await
         .0,
-        202
+        200
     );
     dfsps
         .wait_for("commit after restart", |r| {
@@ -725,7 +725,7 @@ async fn a_dfsp_that_hangs_does_not_stall_the_others() {
         .await;
     assert_eq!(
         w.fulfil(2_000, &fulfil_body(2_000, "COMMITTED")).await.0,
-        202
+        200
     );
     w.callback(PAYER, "PUT", &format!("/transfers/{}", tid(2_000)))
         .await;
@@ -792,7 +792,7 @@ async fn protocol_details_admin_extras_and_operator_endpoints() {
             &fulfil_body(40, "COMMITTED").to_string(),
         )
         .await;
-    assert_eq!(st, 202);
+    assert_eq!(st, 200);
     let done = w
         .dfsps
         .wait_for("commit 40", |r| {

@@ -4,6 +4,32 @@
 pub const REQUEST_BODY_BYTES_MAX: usize = 64 * 1024;
 /// Largest `ilpPacket` (base64url characters).
 pub const ILP_PACKET_CHARS_MAX: usize = 32_768;
+/// A prepare's expiration may lie at most this far ahead of the hub's clock; one further
+/// out is refused (3100). Without a bound, an expiration in year 9999 locks the payer's
+/// liquidity for good. It must stay below the engine's retention of finished transfers
+/// (`engine::limits::Limits::retention_ms`): a DFSP may resend a prepare until it
+/// expires, and the resend is recognised as a duplicate only while the first is retained.
+pub const PREPARE_EXPIRATION_MS_MAX: i64 = 12 * 3_600 * 1_000;
+/// The engine's default retention (`Limits::default().retention_ms`, pinned by a test), for
+/// the compile-time check below; a hub started with other limits is checked by
+/// [`check_engine_limits`].
+pub const ENGINE_RETENTION_MS_DEFAULT: i64 = 24 * 3_600 * 1_000;
+const _: () = assert!(
+    PREPARE_EXPIRATION_MS_MAX < ENGINE_RETENTION_MS_DEFAULT,
+    "a prepare must expire before the engine forgets finished transfers"
+);
+
+/// Refuses engine limits the gateway's bounds do not fit (to be called at startup).
+pub fn check_engine_limits(limits: &engine::limits::Limits) -> Result<(), String> {
+    if PREPARE_EXPIRATION_MS_MAX >= limits.retention_ms {
+        return Err(format!(
+            "retention_ms {} must exceed PREPARE_EXPIRATION_MS_MAX {PREPARE_EXPIRATION_MS_MAX}",
+            limits.retention_ms
+        ));
+    }
+    Ok(())
+}
+
 /// What a 503 tells a client to wait before retrying.
 pub const RETRY_AFTER_S: u32 = 1;
 /// Callbacks in flight at once, over all DFSPs (from the first attempt to delivery or
@@ -83,3 +109,21 @@ pub const SHUTDOWN_CALLBACK_GRACE_MS: u64 = 5_000;
 pub const RATE_SAMPLE_INTERVAL_MS: u64 = 1_000;
 /// Settlement model names are at most this long.
 pub const SETTLEMENT_MODEL_NAME_CHARS_MAX: usize = 64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_expiration_bound_is_below_the_engines_retention() {
+        let engine = engine::limits::Limits::default();
+        assert_eq!(engine.retention_ms, ENGINE_RETENTION_MS_DEFAULT);
+        assert_eq!(check_engine_limits(&engine), Ok(()));
+        let short = engine::limits::Limits {
+            retention_ms: PREPARE_EXPIRATION_MS_MAX,
+            ..engine
+        };
+        let refused = check_engine_limits(&short).expect_err("refused");
+        assert!(refused.contains("retention_ms"), "{refused}");
+    }
+}

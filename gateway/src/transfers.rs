@@ -11,7 +11,7 @@ use crate::fspiop::{
     self, check_extension_list, check_headers, check_ilp_packet, digest_field, fsp_field,
     money_field, only_fields, parse_datetime, parse_object, string_field, ApiError, Headers, Stash,
 };
-use crate::limits::RETRY_AFTER_S;
+use crate::limits::{PREPARE_EXPIRATION_MS_MAX, RETRY_AFTER_S};
 use crate::metrics::Route;
 use crate::AppState;
 use actix_web::http::StatusCode;
@@ -144,6 +144,14 @@ async fn prepare(state: &AppState, req: &HttpRequest, body: &[u8]) -> Result<(),
     let now = now_ms();
     if expiration_ms <= now {
         return Err(ApiError::validation("expiration is in the past"));
+    }
+    // A far expiration would hold the payer's liquidity (and the open transfer) for that
+    // long; the bound also keeps it inside the engine's retention (see limits.rs).
+    if expiration_ms.saturating_sub(now) > PREPARE_EXPIRATION_MS_MAX {
+        return Err(ApiError::validation(format!(
+            "expiration is more than {} hours ahead",
+            PREPARE_EXPIRATION_MS_MAX / 3_600_000
+        )));
     }
     if headers.source != payer {
         return Err(ApiError::validation("FSPIOP-Source must be the payer"));

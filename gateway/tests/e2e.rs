@@ -279,6 +279,34 @@ async fn timeouts_limits_and_bad_input() {
     );
     assert_eq!(w.positions().await.0, (0.0, 0.0));
 
+    // An expiration further ahead than PREPARE_EXPIRATION_MS_MAX would lock liquidity for
+    // good (year 9999 was accepted): refused with 3100, nothing reserved.
+    let max_ms = gateway::limits::PREPARE_EXPIRATION_MS_MAX;
+    for (n, expiration) in [
+        (20, "9999-12-31T23:59:59.999Z".to_string()),
+        (21, expiration_in(max_ms + 60_000)),
+    ] {
+        let mut far = prepare_body(n, PAYER, PAYEE, "5", 60_000);
+        far["expiration"] = json!(expiration);
+        let (st, v) = w.prepare(&far, PAYER).await;
+        assert_eq!(st, 400, "{expiration}: {v}");
+        assert_eq!(v["errorInformation"]["errorCode"], "3100", "{v}");
+        let description = v["errorInformation"]["errorDescription"]
+            .as_str()
+            .unwrap_or("");
+        assert!(description.contains("expiration"), "{description}");
+    }
+    // Just within the bound is accepted.
+    let near = prepare_body(22, PAYER, PAYEE, "5", max_ms - 60_000);
+    assert_eq!(w.prepare(&near, PAYER).await.0, 202);
+    w.dfsps
+        .wait_for("forward 22", |r| r.body["transferId"] == tid(22))
+        .await;
+    assert_eq!(w.reject(22, "5101").await.0, 200);
+    w.callback(PAYER, "PUT", &format!("/transfers/{}/error", tid(22)))
+        .await;
+    assert_eq!(w.positions().await.0, (0.0, 0.0));
+
     // 4200: the NDC (300) binds; 4001: after lowering cover below the NDC.
     assert_eq!(
         w.prepare(&prepare_body(11, PAYER, PAYEE, "301", 60_000), PAYER)

@@ -52,26 +52,136 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits {
-            batch_size_max: 8192,
-            batch_wait_us: 100,
-            mailbox_capacity: 65_536,
-            open_transfers_max: 1_000_000,
-            parked_prepares_max: 4_096,
-            payload_bytes_max: 64 * 1024,
-            retention_ms: 24 * 3_600 * 1_000,
-            idle_return_ms: 5_000,
-            centralise_exit_pct: 20,
-            tick_interval_ms: 100,
-            snapshot_every_batches: 2_000,
-            finished_cache_max: 1_000_000,
-            peer_lane_capacity: 1 << 20,
-            events_capacity: 65_536,
-            outbox_events_max: 65_536,
-            peer_reorder_window_max: 100_000,
-            sled_cache_bytes: 256 * 1024 * 1024,
-            wal_segment_bytes: crate::storage::wal::SEGMENT_BYTES_MAX,
-            archive_filter_bytes_max: 128 * 1024 * 1024,
+        DEFAULT
+    }
+}
+
+/// What the hub runs with (`Limits::default()`), as a constant so that the relations
+/// between bounds are checked at compile time (below).
+pub const DEFAULT: Limits = Limits {
+    batch_size_max: 8192,
+    batch_wait_us: 100,
+    mailbox_capacity: 65_536,
+    open_transfers_max: 1_000_000,
+    parked_prepares_max: 4_096,
+    payload_bytes_max: 64 * 1024,
+    retention_ms: 24 * 3_600 * 1_000,
+    idle_return_ms: 5_000,
+    centralise_exit_pct: 20,
+    tick_interval_ms: 100,
+    snapshot_every_batches: 2_000,
+    finished_cache_max: 1_000_000,
+    peer_lane_capacity: 1 << 20,
+    events_capacity: 65_536,
+    outbox_events_max: 65_536,
+    peer_reorder_window_max: 100_000,
+    sled_cache_bytes: 256 * 1024 * 1024,
+    wal_segment_bytes: crate::storage::wal::SEGMENT_BYTES_MAX,
+    archive_filter_bytes_max: 128 * 1024 * 1024,
+};
+
+// ----- fixed bounds of the runtime -----------------------------------------------------
+// Bounds that are not worth configuring, in one place with the rest.
+
+/// Bound on archiver backlog, in batches of finished transfers.
+pub const ARCHIVE_QUEUE_BATCHES_MAX: usize = 1_024;
+/// The archiver makes at most this many jobs durable with one sync.
+pub const ARCHIVE_JOBS_PER_SYNC_MAX: usize = 4_096;
+/// The archiver makes its writes durable at most this often.
+pub const ARCHIVE_SYNC_INTERVAL_MS: u64 = 200;
+/// Bound on WAL trims waiting for the trimmer (a full queue skips a trim: the next
+/// snapshot's trim covers it).
+pub const TRIM_QUEUE_MAX: usize = 256;
+/// Bound on sync requests waiting for the syncer.
+pub const SYNC_QUEUE_MAX: usize = 4_096;
+/// With nothing to merge or prune, the compactor looks again after this long.
+pub const COMPACTOR_IDLE_MS: u64 = 100;
+/// Nice value of the maintenance threads (compactor, trimmer, filter loader): their work
+/// can wait, so when the cores are busy the actors and the syncer (and, in the embedded
+/// hub, the HTTP workers) go first. The archiver keeps the normal priority: partitions
+/// wait for it when their cache of finished transfers is full.
+pub const MAINTENANCE_NICE: i32 = 10;
+
+/// An admin command that finds a partition's mailbox full is tried this many times...
+pub const ADMIN_SUBMIT_ATTEMPTS_MAX: u32 = 100;
+/// ...this long apart (so for up to about 2 s) before the operator gets a 503.
+pub const ADMIN_RETRY_WAIT_MS: u64 = 20;
+/// Bound on queued read queries per partition.
+pub const QUERY_QUEUE_MAX: usize = 1_024;
+
+// ----- relations between the bounds, checked when the engine is compiled -----------------
+
+// One borrow per parked prepare plus a tick must always fit in a partition's peer lane.
+const _: () = assert!(DEFAULT.parked_prepares_max < DEFAULT.peer_lane_capacity);
+// A batch can take every command a full mailbox holds, and at least one.
+const _: () = assert!(DEFAULT.batch_size_max >= 1);
+const _: () = assert!(DEFAULT.batch_size_max <= DEFAULT.mailbox_capacity);
+// The outbox holds at least what the event channel can hold in flight.
+const _: () = assert!(DEFAULT.outbox_events_max >= DEFAULT.events_capacity);
+// A prepare expiring before the duplicate check forgets it: expiry must be decided
+// inside retention, and idle returns well inside it.
+const _: () = assert!(DEFAULT.idle_return_ms < DEFAULT.retention_ms);
+// The archiver can make a full queue durable with one sync.
+const _: () = assert!(ARCHIVE_JOBS_PER_SYNC_MAX >= ARCHIVE_QUEUE_BATCHES_MAX);
+// An admin change waits for a full mailbox at most a few seconds before the operator
+// is told the hub is overloaded.
+const _: () = assert!(ADMIN_SUBMIT_ATTEMPTS_MAX as u64 * ADMIN_RETRY_WAIT_MS <= 5_000);
+const _: () = assert!(DEFAULT.centralise_exit_pct > 0 && DEFAULT.centralise_exit_pct <= 100);
+
+impl Limits {
+    /// Checks a configuration the operator gave: every bound positive and the relations
+    /// above kept. `Err` names the first broken one.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("batch_size_max", self.batch_size_max as u64),
+            ("mailbox_capacity", self.mailbox_capacity as u64),
+            ("open_transfers_max", self.open_transfers_max as u64),
+            ("parked_prepares_max", self.parked_prepares_max as u64),
+            ("peer_lane_capacity", self.peer_lane_capacity as u64),
+            ("events_capacity", self.events_capacity as u64),
+            ("outbox_events_max", self.outbox_events_max as u64),
+            ("snapshot_every_batches", self.snapshot_every_batches),
+            ("finished_cache_max", self.finished_cache_max as u64),
+            ("wal_segment_bytes", self.wal_segment_bytes),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(format!("{name} must be positive"));
         }
+        if self.parked_prepares_max >= self.peer_lane_capacity {
+            return Err("parked_prepares_max must be below peer_lane_capacity".into());
+        }
+        if self.retention_ms <= 0 || self.idle_return_ms >= self.retention_ms {
+            return Err("retention_ms must be positive and above idle_return_ms".into());
+        }
+        if !(1..=100).contains(&self.centralise_exit_pct) {
+            return Err("centralise_exit_pct must be 1..=100".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid_and_a_broken_relation_is_named() {
+        assert_eq!(Limits::default().validate(), Ok(()));
+        let zero = Limits {
+            outbox_events_max: 0,
+            ..Limits::default()
+        };
+        assert_eq!(
+            zero.validate(),
+            Err("outbox_events_max must be positive".to_string())
+        );
+        let lane = Limits {
+            peer_lane_capacity: 16,
+            parked_prepares_max: 16,
+            ..Limits::default()
+        };
+        assert!(lane
+            .validate()
+            .is_err_and(|e| e.contains("peer_lane_capacity")));
     }
 }

@@ -25,7 +25,7 @@ use crate::command::{
 };
 use crate::filter::ArchiveFilter;
 use crate::ids::{AccountKey, FspId, TransferId};
-use crate::limits::Limits;
+use crate::limits::*;
 use crate::machine::account::Money;
 use crate::machine::{home_of, Input, Outgoing, PartitionState};
 use crate::storage::{encode_batch, SnapshotRecord, Storage, Store, WalRecordRef};
@@ -153,12 +153,6 @@ pub struct Hub {
     shared: Arc<Shared>,
 }
 
-/// An admin command that finds a partition's mailbox full is tried this many times...
-const ADMIN_SUBMIT_ATTEMPTS_MAX: u32 = 100;
-/// ...this long apart (so for up to about 2 s) before the operator gets a 503.
-const ADMIN_RETRY_WAIT_MS: u64 = 20;
-/// Bound on queued read queries per partition.
-const QUERY_QUEUE_MAX: usize = 1_024;
 pub fn now_ms() -> TimestampMs {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -193,6 +187,7 @@ impl Hub {
         partitions: u32,
         limits: Limits,
     ) -> Result<(Hub, mpsc::Receiver<Delivery>), EngineError> {
+        limits.validate().map_err(EngineError::Config)?;
         let n = partitions as usize;
         // 1. Recover every partition before any actor runs.
         // A partition that cannot recover (say, a corrupt record) stays stopped with the

@@ -6,25 +6,6 @@
 
 use super::*;
 
-/// Bound on archiver backlog, in batches of finished transfers.
-pub(super) const ARCHIVE_QUEUE_BATCHES_MAX: usize = 1_024;
-/// The archiver makes at most this many jobs durable with one sync.
-pub(super) const ARCHIVE_JOBS_PER_SYNC_MAX: usize = 4_096;
-/// The archiver makes its writes durable at most this often.
-pub(super) const ARCHIVE_SYNC_INTERVAL_MS: u64 = 200;
-/// Bound on WAL trims waiting for the trimmer (a full queue skips a trim: the next
-/// snapshot's trim covers it).
-pub(super) const TRIM_QUEUE_MAX: usize = 256;
-/// Bound on sync requests waiting for the syncer.
-pub(super) const SYNC_QUEUE_MAX: usize = 4_096;
-/// With nothing to merge or prune, the compactor looks again after this long.
-pub(super) const COMPACTOR_IDLE_MS: u64 = 100;
-/// Nice value of the maintenance threads (compactor, trimmer, filter loader): their work
-/// can wait, so when the cores are busy the actors and the syncer (and, in the embedded
-/// hub, the HTTP workers) go first. The archiver keeps the normal priority: partitions
-/// wait for it when their cache of finished transfers is full.
-pub(super) const MAINTENANCE_NICE: i32 = 10;
-
 /// Lowers the calling thread's CPU priority to [`MAINTENANCE_NICE`] (on Linux nice is per
 /// thread). Failing to is harmless: the thread then competes at normal priority.
 pub(super) fn lower_priority_of_this_thread() {

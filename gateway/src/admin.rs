@@ -3,8 +3,16 @@
 //!
 //! A DFSP needs only: `POST /participants` (one per currency), initial position and
 //! limits, funds in on its SETTLEMENT account, and its callback endpoints.
+//!
+//! Amounts (limit values, initial positions, funds) are taken as central-ledger takes
+//! them: JSON numbers or decimal strings, trailing zeros allowed (`50000.0`, `"4000.00"`).
+//! A JSON number is converted from its text in the body (`fspiop::NumberTexts`), never
+//! through a float, so `4000.000000000000000001` is refused, not read as 4000.
 
-use crate::fspiop::{format_timestamp, only_fields, parse_object, string_field, ApiError};
+use crate::fspiop::{
+    format_timestamp, only_fields, parse_admin_decimal, parse_object, string_field, ApiError,
+    NumberTexts,
+};
 use crate::limits::SETTLEMENT_MODEL_NAME_CHARS_MAX;
 use crate::registry::{Participant, HUB_ACCOUNT_TYPES};
 use crate::transfers::error_response;
@@ -12,7 +20,7 @@ use crate::AppState;
 use actix_web::{web, HttpResponse};
 use engine::command::{Admin, ErrorCode};
 use engine::ids::{AccountKey, Currency, FspId, TransferId};
-use engine::money::{format_amount, parse_admin_amount};
+use engine::money::format_amount;
 use engine::runtime::now_ms;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -121,15 +129,29 @@ fn money_value(minor: i128, currency: Currency) -> Value {
     serde_json::from_str(&format_amount(minor, currency)).unwrap_or(Value::Null)
 }
 
-/// An amount from JSON: a number or a decimal string, exact in minor units.
-fn amount_value(value: Option<&Value>, currency: Currency, what: &str) -> Result<i64, ApiError> {
+/// An amount from JSON at `path` of the body: a number (read from its text in
+/// `numbers`) or a decimal string, exact in minor units; see
+/// [`parse_admin_decimal`](crate::fspiop::parse_admin_decimal).
+fn amount_value(
+    value: Option<&Value>,
+    numbers: &NumberTexts,
+    path: &[&str],
+    currency: Currency,
+) -> Result<i64, ApiError> {
+    let what = path.join(".");
     let text = match value {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        None => return Err(ApiError::missing(what)),
-        Some(_) => return Err(ApiError::validation(format!("{what} must be a number"))),
+        Some(Value::String(s)) => s.as_str(),
+        Some(Value::Number(_)) => numbers
+            .get(path)
+            .ok_or_else(|| ApiError::validation(format!("{what} must be a number")))?,
+        None => return Err(ApiError::missing(&what)),
+        Some(_) => {
+            return Err(ApiError::validation(format!(
+                "{what} must be a number or a decimal string"
+            )))
+        }
     };
-    parse_admin_amount(&text, currency).map_err(|e| ApiError::validation(format!("{what}: {e}")))
+    parse_admin_decimal(text, currency).map_err(|e| ApiError::validation(format!("{what}: {e}")))
 }
 
 fn participant_json(p: &Participant) -> Value {
@@ -402,6 +424,7 @@ async fn activate(state: &AppState, name: &str, body: &[u8]) -> Answer {
 /// units, alarm percentage if given).
 fn limit_body(
     map: &Map<String, Value>,
+    numbers: &NumberTexts,
     currency: Currency,
 ) -> Result<(i64, Option<f64>), ApiError> {
     let limit = match map.get("limit") {
@@ -413,7 +436,7 @@ fn limit_body(
     if string_field(limit, "type")? != "NET_DEBIT_CAP" {
         return Err(ApiError::validation("limit type must be NET_DEBIT_CAP"));
     }
-    let ndc = amount_value(limit.get("value"), currency, "limit value")?;
+    let ndc = amount_value(limit.get("value"), numbers, &["limit", "value"], currency)?;
     let alarm = match limit.get("alarmPercentage") {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => match n.as_f64() {
@@ -468,10 +491,11 @@ async fn initial(state: &AppState, name: &str, body: &[u8]) -> Answer {
     let map = parse_object(body)?;
     only_fields(&map, &["currency", "limit", "initialPosition"])?;
     let account = account_of(&p, string_field(&map, "currency")?)?;
-    let (ndc, alarm) = limit_body(&map, account.currency)?;
+    let numbers = NumberTexts::scan(body);
+    let (ndc, alarm) = limit_body(&map, &numbers, account.currency)?;
     let position = match map.get("initialPosition") {
         None => 0,
-        Some(v) => amount_value(Some(v), account.currency, "initialPosition")?,
+        Some(v) => amount_value(Some(v), &numbers, &["initialPosition"], account.currency)?,
     };
     state
         .hub
@@ -586,7 +610,7 @@ async fn set_limits(state: &AppState, name: &str, body: &[u8]) -> Answer {
     let map = parse_object(body)?;
     only_fields(&map, &["currency", "limit"])?;
     let account = account_of(&p, string_field(&map, "currency")?)?;
-    let (ndc, alarm) = limit_body(&map, account.currency)?;
+    let (ndc, alarm) = limit_body(&map, &NumberTexts::scan(body), account.currency)?;
     state
         .hub
         .admin(now_ms(), Admin::SetNdc { account, ndc })
@@ -670,7 +694,12 @@ async fn funds(state: &AppState, name: &str, account_id: u64, body: &[u8]) -> An
             "amount currency does not match the account",
         ));
     }
-    let amount = amount_value(money.get("amount"), account.currency, "amount")?;
+    let amount = amount_value(
+        money.get("amount"),
+        &NumberTexts::scan(body),
+        &["amount", "amount"],
+        account.currency,
+    )?;
     let admin = match string_field(&map, "action")? {
         "recordFundsIn" => Admin::FundsIn {
             account,

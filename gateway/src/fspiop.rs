@@ -605,6 +605,144 @@ pub fn error_information(map: &Map<String, Value>) -> Result<u16, ApiError> {
     Ok(error_code)
 }
 
+/// The literal text of every number in a JSON document, by its path (object keys; array
+/// elements by their index).
+///
+/// `serde_json` (without its `arbitrary_precision` feature) keeps a number only as an
+/// `f64` or an integer, and `4000.000000000000000001` as a float is `4000`. Admin amounts
+/// arrive as JSON numbers (central-ledger takes `50000.0`), so to convert them exactly the
+/// gateway reads their text from the body itself. The body has already been parsed by
+/// `serde_json`, so the scan can trust its structure; it is one pass, no recursion, and
+/// holds one entry per number (bounded by the body size). A key given twice keeps its
+/// last number, as `serde_json` keeps the last value.
+#[derive(Debug, Default)]
+pub struct NumberTexts {
+    by_path: std::collections::BTreeMap<Vec<String>, String>,
+}
+
+impl NumberTexts {
+    pub fn scan(body: &[u8]) -> NumberTexts {
+        enum Frame {
+            /// The key whose value comes next (`None` while a key is expected).
+            Object(Option<String>),
+            Array(usize),
+        }
+        let mut texts = NumberTexts::default();
+        let mut stack: Vec<Frame> = Vec::new();
+        let path = |stack: &[Frame]| -> Vec<String> {
+            stack
+                .iter()
+                .map(|frame| match frame {
+                    Frame::Object(key) => key.clone().unwrap_or_default(),
+                    Frame::Array(index) => index.to_string(),
+                })
+                .collect()
+        };
+        let mut at = 0;
+        while at < body.len() {
+            match body[at] {
+                b'{' => stack.push(Frame::Object(None)),
+                b'[' => stack.push(Frame::Array(0)),
+                b'}' | b']' => {
+                    stack.pop();
+                }
+                b',' => match stack.last_mut() {
+                    Some(Frame::Object(key)) => *key = None,
+                    Some(Frame::Array(index)) => *index += 1,
+                    None => {}
+                },
+                b'"' => {
+                    let start = at;
+                    at += 1;
+                    while at < body.len() && body[at] != b'"' {
+                        // An escape: the next byte is part of the string, whatever it is.
+                        at += if body[at] == b'\\' { 2 } else { 1 };
+                    }
+                    let token = body.get(start..=at).unwrap_or(&[]);
+                    if let Some(Frame::Object(key @ None)) = stack.last_mut() {
+                        *key = Some(serde_json::from_slice::<String>(token).unwrap_or_default());
+                    }
+                }
+                b'-' | b'0'..=b'9' => {
+                    let start = at;
+                    while at + 1 < body.len()
+                        && matches!(body[at + 1], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                    {
+                        at += 1;
+                    }
+                    let text = String::from_utf8_lossy(&body[start..=at]).into_owned();
+                    texts.by_path.insert(path(&stack), text);
+                }
+                _ => {}
+            }
+            at += 1;
+        }
+        texts
+    }
+
+    /// The text of the number at `path`, if a number is there.
+    pub fn get(&self, path: &[&str]) -> Option<&str> {
+        let key: Vec<String> = path.iter().map(|p| p.to_string()).collect();
+        self.by_path.get(&key).map(String::as_str)
+    }
+}
+
+/// Parses an admin amount as central-ledger takes it: the text of a JSON number or a
+/// decimal string, digits with an optional fraction, trailing zeros allowed (`50000.0`,
+/// `"4000.00"`), converted to minor units exactly, with checked arithmetic. Refused, with
+/// a description that says why: anything but `-?digits[.digits]` (no exponent, no
+/// spaces, no leading zeros), more significant decimals than the currency has, a negative
+/// value (limits, funds and initial positions are all at least zero, as before), more
+/// than `AMOUNT_MINOR_MAX`.
+pub fn parse_admin_decimal(text: &str, currency: Currency) -> Result<i64, String> {
+    use engine::money::{currency_scale, AMOUNT_MINOR_MAX};
+    if text.contains(['e', 'E']) {
+        return Err(format!(
+            "{text:?} uses an exponent; write the amount as plain decimals"
+        ));
+    }
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (int_part, frac_part) = match digits.split_once('.') {
+        Some((i, f)) => (i, f),
+        None => (digits, ""),
+    };
+    let all_digits = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
+    let syntax_ok = !int_part.is_empty()
+        && all_digits(int_part)
+        && (int_part == "0" || !int_part.starts_with('0'))
+        && all_digits(frac_part)
+        // A '.' must be followed by digits.
+        && (frac_part.is_empty() != digits.contains('.'));
+    if !syntax_ok {
+        return Err(format!("{text:?} is not a decimal number"));
+    }
+    let scale = currency_scale(currency);
+    let frac = frac_part.trim_end_matches('0');
+    if frac.len() > scale as usize {
+        return Err(format!(
+            "{text:?} has more decimals than {} has ({scale})",
+            currency.as_str()
+        ));
+    }
+    let too_large = || format!("{text:?} exceeds the largest amount the hub accepts");
+    let mut minor: i64 = 0;
+    let padding = std::iter::repeat_n(b'0', scale as usize - frac.len());
+    for digit in int_part.bytes().chain(frac.bytes()).chain(padding) {
+        minor = minor
+            .checked_mul(10)
+            .and_then(|m| m.checked_add(i64::from(digit - b'0')))
+            .filter(|m| *m <= AMOUNT_MINOR_MAX)
+            .ok_or_else(too_large)?;
+    }
+    if negative {
+        return Err(format!("{text:?} is negative; it must not be"));
+    }
+    Ok(minor)
+}
+
 /// What the gateway stashes in a command's payload: the request to pass on.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct Stash {
@@ -628,6 +766,56 @@ impl Stash {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn number_texts_are_found_by_path() {
+        let body = br#"{"a": 1.50, "limit": {"type": "x", "value": 4000.000000000000000001},
+            "list": [7, {"v": -2e3}], "s": "12", "esc\"aped": 3, "a": 2.0}"#;
+        let texts = NumberTexts::scan(body);
+        assert_eq!(texts.get(&["a"]), Some("2.0"), "the last of a repeated key");
+        assert_eq!(
+            texts.get(&["limit", "value"]),
+            Some("4000.000000000000000001")
+        );
+        assert_eq!(texts.get(&["list", "0"]), Some("7"));
+        assert_eq!(texts.get(&["list", "1", "v"]), Some("-2e3"));
+        assert_eq!(texts.get(&["esc\"aped"]), Some("3"));
+        assert_eq!(texts.get(&["s"]), None, "a string is not a number");
+        assert_eq!(texts.get(&["limit", "type"]), None);
+    }
+
+    #[test]
+    fn admin_decimals_are_exact_or_refused_with_a_reason() {
+        let usd = Currency::new("USD").expect("USD");
+        let jpy = Currency::new("JPY").expect("JPY");
+        let ok = |text: &str, currency| parse_admin_decimal(text, currency);
+        assert_eq!(ok("50000.0", usd), Ok(5_000_000));
+        assert_eq!(ok("4000.00", usd), Ok(400_000));
+        assert_eq!(ok("0", usd), Ok(0));
+        assert_eq!(ok("0.10", usd), Ok(10));
+        assert_eq!(ok("7.000", jpy), Ok(7));
+        assert_eq!(ok("10000000000000", usd), Ok(1_000_000_000_000_000));
+        for (text, currency, why) in [
+            ("12.345", usd, "more decimals than USD has (2)"),
+            ("7.5", jpy, "more decimals than JPY has (0)"),
+            ("-1", usd, "negative"),
+            ("-0.00", usd, "negative"),
+            ("1e3", usd, "exponent"),
+            ("abc", usd, "not a decimal number"),
+            ("", usd, "not a decimal number"),
+            (" 5", usd, "not a decimal number"),
+            ("05", usd, "not a decimal number"),
+            ("5.", usd, "not a decimal number"),
+            (".5", usd, "not a decimal number"),
+            ("+5", usd, "not a decimal number"),
+            ("1.2.3", usd, "not a decimal number"),
+            ("10000000000000.01", usd, "largest"),
+            ("99999999999999999999999999", usd, "largest"),
+        ] {
+            let e = ok(text, currency).expect_err(text);
+            assert!(e.contains(why), "{text}: {e}");
+        }
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let owned: Vec<(String, String)> = pairs

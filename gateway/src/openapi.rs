@@ -12,6 +12,9 @@ use serde_json::{json, Map, Value};
 
 /// FSPIOP `Amount`.
 const AMOUNT_PATTERN: &str = r"^([0]|([1-9][0-9]{0,17}))([.][0-9]{0,3}[1-9])?$";
+/// Admin amounts as central-ledger takes them: trailing zeros allowed (`"4000.00"`);
+/// decimals beyond the currency's, an exponent or a sign are 3100.
+const ADMIN_AMOUNT_PATTERN: &str = r"^(0|[1-9][0-9]*)([.][0-9]+)?$";
 /// FSPIOP `DateTime`, simplified (the hub also checks that the date exists).
 const DATETIME_PATTERN: &str = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}(Z|[+-]\d{2}:\d{2})$";
 /// A UUID (any version, either case) or a ULID.
@@ -141,7 +144,8 @@ fn schemas() -> Value {
         "properties": {"currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
                        "amount": {"type": "string", "pattern": AMOUNT_PATTERN}}});
     let admin_amount = json!({"oneOf": [{"type": "number", "minimum": 0},
-                                        {"type": "string", "pattern": AMOUNT_PATTERN}]});
+                                        {"type": "string", "pattern": ADMIN_AMOUNT_PATTERN}],
+        "description": "A JSON number or a decimal string, converted exactly from its text; no exponent, at most the currency's decimals (trailing zeros aside)."});
     let limit = json!({"type": "object", "required": ["type", "value"], "additionalProperties": false,
         "properties": {"type": {"type": "string", "enum": ["NET_DEBIT_CAP"]}, "value": admin_amount,
                        "alarmPercentage": {"type": "number", "minimum": 0, "maximum": 100}}});

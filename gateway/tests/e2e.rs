@@ -1097,3 +1097,133 @@ async fn protocol_details_admin_extras_and_operator_endpoints() {
         assert!(doc["paths"][path].is_object(), "openapi has {path}");
     }
 }
+
+/// Admin amounts as central-ledger takes them: JSON numbers or decimal strings, with
+/// trailing zeros (Mojaloop's own collections send `"value": "4000.00"`), converted
+/// exactly from their text; anything else is a clear 3100.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_amounts_as_central_ledger_takes_them() {
+    let _serial = SERIAL.lock().await;
+    let w = world("1000", "1000").await;
+    let admin = w.hub.admin.clone();
+    let json_headers = [("content-type", "application/json".to_string())];
+    let send = |method: &'static str, url: String, body: String| {
+        let http = &w.http;
+        let headers = &json_headers;
+        async move { http.send(method, &url, headers, &body).await }
+    };
+    let name = "amountfsp";
+    let (st, v) = w
+        .http
+        .admin(
+            "POST",
+            &format!("{admin}/participants"),
+            json!({"name": name, "currency": "USD"}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    // A JSON number with a trailing zero, an initial position as a string with two.
+    let (st, v) = send(
+        "POST",
+        format!("{admin}/participants/{name}/initialPositionAndLimits"),
+        r#"{"currency":"USD","limit":{"type":"NET_DEBIT_CAP","value":50000.0},"initialPosition":"0.00"}"#
+            .to_string(),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    let ndc = |v: &Value| v[0]["limit"]["value"].as_f64();
+    let limits_url = format!("{admin}/participants/{name}/limits");
+    let (_, v) = w.http.admin("GET", &limits_url, Value::Null).await;
+    assert_eq!(ndc(&v), Some(50_000.0), "{v}");
+    // The block-transfer collection's form: a decimal string with trailing zeros.
+    let (st, v) = send(
+        "PUT",
+        limits_url.clone(),
+        r#"{"currency":"USD","limit":{"type":"NET_DEBIT_CAP","value":"4000.00"}}"#.to_string(),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let (_, v) = w.http.admin("GET", &limits_url, Value::Null).await;
+    assert_eq!(ndc(&v), Some(4_000.0), "{v}");
+    // A JSON number with cents, exactly.
+    let (st, v) = send(
+        "PUT",
+        limits_url.clone(),
+        r#"{"currency":"USD","limit":{"type":"NET_DEBIT_CAP","value":1234567890.12}}"#.to_string(),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let (_, v) = w.http.admin("GET", &limits_url, Value::Null).await;
+    assert_eq!(ndc(&v), Some(1_234_567_890.12), "{v}");
+
+    // Funds in with "4000.00", and as the number 250.50.
+    let (_, accounts) = w
+        .http
+        .admin(
+            "GET",
+            &format!("{admin}/participants/{name}/accounts"),
+            Value::Null,
+        )
+        .await;
+    let settlement = accounts
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["ledgerAccountType"] == "SETTLEMENT"))
+        .map(|x| x["id"].to_string())
+        .expect("settlement account");
+    let funds_url = format!("{admin}/participants/{name}/accounts/{settlement}");
+    let funds = |n: u32, amount: &str| {
+        format!(
+            r#"{{"transferId":"9f200000-0000-4000-8000-{n:012x}","externalReference":"x","action":"recordFundsIn","reason":"x","amount":{{"amount":{amount},"currency":"USD"}}}}"#
+        )
+    };
+    let (st, v) = send("POST", funds_url.clone(), funds(1, r#""4000.00""#)).await;
+    assert_eq!(st, 202, "{v}");
+    let (st, v) = send("POST", funds_url.clone(), funds(2, "250.50")).await;
+    assert_eq!(st, 202, "{v}");
+    let (_, accounts) = w
+        .http
+        .admin(
+            "GET",
+            &format!("{admin}/participants/{name}/accounts"),
+            Value::Null,
+        )
+        .await;
+    let cover = accounts
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["ledgerAccountType"] == "SETTLEMENT"))
+        .and_then(|x| x["value"].as_f64());
+    assert_eq!(cover, Some(-4_250.5), "{accounts}");
+
+    // Refused, each with 3100 and a description that says why.
+    let limit = |value: &str| {
+        format!(r#"{{"currency":"USD","limit":{{"type":"NET_DEBIT_CAP","value":{value}}}}}"#)
+    };
+    for (value, why) in [
+        (r#""12.345""#, "decimals"),
+        ("12.345", "decimals"),
+        // A float would make this 4000: the text is what counts.
+        ("4000.000000000000000001", "decimals"),
+        ("-5", "negative"),
+        (r#""-5.00""#, "negative"),
+        (r#""abc""#, "not a decimal number"),
+        (r#""""#, "not a decimal number"),
+        (r#"" 5""#, "not a decimal number"),
+        ("1e3", "exponent"),
+        ("true", "must be a number or a decimal string"),
+        ("null", "must be a number or a decimal string"),
+        ("10000000000000000", "largest"),
+    ] {
+        let (st, v) = send("PUT", limits_url.clone(), limit(value)).await;
+        assert_eq!(st, 400, "{value}: {v}");
+        assert_eq!(v["errorInformation"]["errorCode"], "3100", "{value}: {v}");
+        let description = v["errorInformation"]["errorDescription"]
+            .as_str()
+            .unwrap_or("");
+        assert!(description.contains(why), "{value}: {description}");
+    }
+    let (st, v) = send("POST", funds_url.clone(), funds(3, r#""-1""#)).await;
+    assert_eq!(st, 400, "{v}");
+    // Nothing refused changed the limit.
+    let (_, v) = w.http.admin("GET", &limits_url, Value::Null).await;
+    assert_eq!(ndc(&v), Some(1_234_567_890.12), "{v}");
+}

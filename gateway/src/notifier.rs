@@ -888,12 +888,21 @@ mod tests {
         failures: usize,
         delay: Duration,
     ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
-        use hyper::server::conn::http1;
-        use hyper::service::service_fn;
-        use std::sync::atomic::{AtomicUsize, Ordering};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
+        serve_dfsp(listener, failures, delay)
+    }
+
+    /// As [`test_dfsp`], on a listener already bound.
+    fn serve_dfsp(
+        listener: tokio::net::TcpListener,
+        failures: usize,
+        delay: Duration,
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use hyper::server::conn::http1;
+        use hyper::service::service_fn;
+        use std::sync::atomic::{AtomicUsize, Ordering};
         let addr = listener.local_addr().expect("addr");
         let seen = Arc::new(AtomicUsize::new(0));
         let counter = seen.clone();
@@ -1112,5 +1121,60 @@ mod tests {
         // At most one probe each went out; everything else was shed.
         assert!(n.shed_total() - shed_before >= 2 * 100 - 2);
         assert!(n.in_flight() <= 2, "in flight: {}", n.in_flight());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refusing_dfsp_is_marked_down_then_up_again_by_one_probe() {
+        // Nobody listens on the port: every connect is refused at once.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = closed.local_addr().expect("addr");
+        drop(closed);
+        let n = notifier_with(vec![("payee", format!("http://{addr}/payee").as_str())]);
+        let refused = || n.error_to(fsp("payee"), ID, ErrorCode::TransferNotFound);
+        for _ in 0..CALLBACK_DOWN_AFTER_FAILURES {
+            n.dispatch(refused()).await;
+        }
+        let down_by = Instant::now() + Duration::from_millis(1_000);
+        while n.dfsps_down() == 0 && Instant::now() < down_by {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(n.dfsps_down(), 1, "marked down after refused connects");
+        // Its retries are not made: every callback is given up within a moment, well
+        // before the backoffs would have run out (0.1 + 0.2 + 0.4 s).
+        assert!(n.drain(Duration::from_millis(300)).await);
+        let attempts = n.metrics.callbacks(CallbackOutcome::NetworkError);
+        assert!(
+            attempts <= 2 * u64::from(CALLBACK_DOWN_AFTER_FAILURES),
+            "{attempts} attempts"
+        );
+        // During the cool-off a callback is given up without an attempt.
+        let shed_before = n.shed_total();
+        n.dispatch(refused()).await;
+        assert_eq!(n.shed_total(), shed_before + 1);
+        assert_eq!(n.metrics.callbacks(CallbackOutcome::NetworkError), attempts);
+        let mut text = String::new();
+        n.render_metrics(&mut text);
+        assert!(
+            text.contains("hub_callbacks_shed_total{reason=\"dfsp_down\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("hub_callback_dfsps_down 1"), "{text}");
+
+        // The DFSP comes back; after the cool-off one probe is sent and marks it up.
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
+        let (_, seen) = serve_dfsp(listener, 0, Duration::ZERO);
+        tokio::time::sleep(Duration::from_millis(CALLBACK_DOWN_COOL_OFF_MS + 100)).await;
+        n.dispatch(refused()).await;
+        assert!(n.drain(Duration::from_secs(2)).await);
+        assert_eq!(seen.load(Ordering::SeqCst), 1, "the probe");
+        assert_eq!(n.dfsps_down(), 0, "marked up by the probe's answer");
+        for _ in 0..10 {
+            n.dispatch(refused()).await;
+        }
+        assert!(n.drain(Duration::from_secs(2)).await);
+        assert_eq!(seen.load(Ordering::SeqCst), 11);
+        assert_eq!(n.metrics.callbacks(CallbackOutcome::Delivered), 11);
     }
 }

@@ -762,6 +762,25 @@ async fn a_dfsp_that_hangs_does_not_stall_the_others() {
         "healthy DFSPs waited {:?}",
         started.elapsed()
     );
+    // The hanging DFSP held at most its share; the rest of its callbacks were given up
+    // at once (over its share, or once it was marked down after its first attempts timed
+    // out: then one probe per cool-off goes out), and /metrics says so.
+    let (st, text) = w.http.text(&format!("{}/metrics", w.hub.admin)).await;
+    assert_eq!(st, 200);
+    let series = |reason: &str| -> u64 {
+        let prefix = format!("hub_callbacks_shed_total{{reason=\"{reason}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no shed series for {reason}"))
+    };
+    let shed = series("dfsp_share_full") + series("dfsp_down");
+    let admitted = total - shed;
+    let probes_max = 8;
+    assert!(
+        admitted <= gateway::limits::CALLBACKS_PER_DFSP_MAX as u64 + probes_max,
+        "{admitted} of {total} callbacks to the hanging DFSP were attempted"
+    );
     accept.abort();
 }
 

@@ -95,6 +95,8 @@ impl EmbeddedHub {
     /// Opens (or recovers) the engine and starts both listeners. Call inside a tokio
     /// multi-thread runtime.
     pub async fn start(config: Config) -> Result<EmbeddedHub, GatewayError> {
+        limits::check_engine_limits(&config.limits)
+            .map_err(|e| GatewayError::Engine(engine::EngineError::Config(e)))?;
         let (hub, events) = Hub::open(HubConfig {
             data_dir: config.data_dir.clone(),
             partitions: config.partitions,

@@ -17,6 +17,14 @@ pub mod storage;
 pub enum EngineError {
     #[error("storage error: {0}")]
     Storage(String),
+    /// A file operation failed; `source` is the operating system's error, kept for
+    /// callers that tell a full disk from a failing one.
+    #[error("storage error: {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("partition {partition}: corrupt record {what}: {detail}")]
     Corrupt {
         partition: u32,

@@ -120,7 +120,10 @@ pub struct Wal {
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> EngineError {
-    EngineError::Storage(format!("{what} {}: {e}", path.display()))
+    EngineError::Io {
+        what: format!("{what} {}", path.display()),
+        source: e,
+    }
 }
 
 fn corrupt(partition: u32, what: String, detail: impl std::fmt::Display) -> EngineError {

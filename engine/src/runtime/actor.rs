@@ -398,7 +398,7 @@ impl Running {
             &mut self.filter,
             &mut self.filter_loaded,
             &mut self.filter_pending,
-            staged.finished,
+            &staged.output.finished,
         );
         if !staged.confirm_now.is_empty() {
             let confirm_now = staged.confirm_now;

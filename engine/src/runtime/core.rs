@@ -87,13 +87,14 @@ struct StagedBatch {
 }
 
 /// What [`Core::stage`] hands back: the WAL record to write and what the caller may
-/// learn at once (the finished transfers, for its duplicate filter).
+/// learn at once (the batch's output, for its duplicate filter or a simulation's checks;
+/// none of it may be told to anybody before the batch is released).
 pub struct Staged<'a> {
     pub batch_seq: u64,
     /// The encoded WAL record of the batch (for `Storage::append_encoded`).
     pub body: Vec<u8>,
-    /// Transfers this batch finished (not yet released: only for filters and lookups).
-    pub finished: &'a [FinishedTransfer],
+    /// What the batch produced (not yet released).
+    pub output: &'a Output,
     /// Confirmations to publish right now: always empty, except under
     /// [`CoreFault::ConfirmAtStage`].
     pub confirm_now: Vec<(u32, u64)>,
@@ -273,7 +274,7 @@ impl Core {
         Ok(Staged {
             batch_seq,
             body,
-            finished: &last.output.finished,
+            output: &last.output,
             confirm_now,
         })
     }
@@ -407,6 +408,17 @@ impl Core {
     /// Events released and not yet acknowledged.
     pub fn events_pending(&self) -> usize {
         self.outbox.pending()
+    }
+
+    /// The events released and not yet acknowledged, by sequence number (cloned: for
+    /// checks, not for the hot path).
+    pub fn pending_events(&self) -> Vec<(u64, Event)> {
+        self.outbox.pending_events()
+    }
+
+    /// The newest staged batch's number and output, if any batch is staged.
+    pub fn newest_staged(&self) -> Option<(u64, &Output)> {
+        self.staged.back().map(|b| (b.batch_seq, &b.output))
     }
 
     /// Recovery: the snapshot, then the WAL after it, checked (batch numbers contiguous,

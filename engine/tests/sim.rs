@@ -516,6 +516,7 @@ struct Stats {
     snapshots: u64,
     trims: u64,
     resent: u64,
+    dropped_in_transit: u64,
     republished: u64,
     sync_failures: u64,
     write_failures: u64,
@@ -557,6 +558,7 @@ impl Stats {
         self.snapshots += o.snapshots;
         self.trims += o.trims;
         self.resent += o.resent;
+        self.dropped_in_transit += o.dropped_in_transit;
         self.republished += o.republished;
         self.sync_failures += o.sync_failures;
         self.write_failures += o.write_failures;
@@ -1578,8 +1580,14 @@ impl Sim {
                 self.observe(event)?;
             }
         }
-        // Re-send what is unconfirmed: the restarted node's own messages, and everybody
-        // else's to the restarted node (their lanes to it were lost).
+        // The network drops what was on its way from or to the node (its lanes died with
+        // it); what is unconfirmed is re-sent: the restarted node's own messages, and
+        // everybody else's to the restarted node.
+        let dropped_before = self.transit.len();
+        let on_node = |p: u32| parts.contains(&(p as usize));
+        self.transit
+            .retain(|t| !on_node(t.from) && !on_node(t.message.to));
+        self.stats.dropped_in_transit += (dropped_before - self.transit.len()) as u64;
         let mut resend = Vec::new();
         for (q, part) in self.parts.iter().enumerate() {
             for message in part.core.unconfirmed().values() {
@@ -2317,6 +2325,7 @@ fn simulation_keeps_the_invariants() {
             ("corrupted records refused", total.corruptions_caught),
             ("snapshots", total.snapshots),
             ("WAL trims", total.trims),
+            ("messages dropped by the network", total.dropped_in_transit),
             ("results published again after a restart", total.republished),
             ("negative banks (limit below usage)", total.negative_bank),
         ];

@@ -206,12 +206,25 @@ pub fn encode_record<T: Serialize + ?Sized>(
     value: &T,
 ) -> Result<Vec<u8>, CodecError> {
     let mut bytes = Vec::with_capacity(ENVELOPE_BYTES + 128);
+    encode_record_into(kind, value, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// [`encode_record`] into a buffer the caller keeps (cleared first). The group commit
+/// encodes one batch of up to thousands of commands per round: growing a fresh vector
+/// by doubling for each one cost a memmove per doubling and fresh pages for the kernel
+/// to zero, about a tenth of the engine benchmark's CPU time.
+pub fn encode_record_into<T: Serialize + ?Sized>(
+    kind: RecordKind,
+    value: &T,
+    bytes: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    bytes.clear();
     bytes.extend_from_slice(&[ENVELOPE_MAGIC, kind.tag(), kind.version()]);
-    let mut serializer = rmp_serde::Serializer::new(&mut bytes).with_bytes(BytesMode::ForceAll);
+    let mut serializer = rmp_serde::Serializer::new(&mut *bytes).with_bytes(BytesMode::ForceAll);
     value
         .serialize(&mut serializer)
-        .map_err(|source| CodecError::Encode { kind, source })?;
-    Ok(bytes)
+        .map_err(|source| CodecError::Encode { kind, source })
 }
 
 /// Decodes a record of `kind` written in its current version. Refuses another kind,

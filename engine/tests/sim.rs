@@ -1212,7 +1212,7 @@ impl Sim {
             .stage(commands.clone(), &mut lookup)
             .map_err(|e| format!("partition {p} could not stage a batch: {e}"))?;
         let batch_seq = staged.batch_seq;
-        let body = staged.body;
+        let body = staged.body.to_vec();
         let confirm_now = staged.confirm_now;
         self.parts[p].ends.insert(batch_seq, end);
         let part = &self.parts[p];

@@ -38,7 +38,8 @@ use crate::machine::{Outgoing, Output, PartitionState};
 use crate::storage::Storage;
 // Taken through the runtime's imports, which exist for this (the actor's batch encoding
 // used to live there).
-use super::{encode_batch, Input, SnapshotRecord, WalRecordRef};
+use super::{Input, SnapshotRecord, WalRecordRef};
+use crate::storage::encode_batch_into;
 use crate::EngineError;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -91,8 +92,9 @@ struct StagedBatch {
 /// none of it may be told to anybody before the batch is released).
 pub struct Staged<'a> {
     pub batch_seq: u64,
-    /// The encoded WAL record of the batch (for `Storage::append_encoded`).
-    pub body: Vec<u8>,
+    /// The encoded WAL record of the batch (for `Storage::append_encoded`), in the
+    /// core's reused buffer.
+    pub body: &'a [u8],
     /// What the batch produced (not yet released).
     pub output: &'a Output,
     /// Confirmations to publish right now: always empty, except under
@@ -139,8 +141,15 @@ pub struct Core {
     staged: VecDeque<StagedBatch>,
     last_snapshot_batch: u64,
     snapshot_every_batches: u64,
+    /// The WAL record of the batch being staged, reused from batch to batch (capacity
+    /// kept up to `WAL_BUFFER_RETAINED_BYTES_MAX`).
+    wal_buffer: Vec<u8>,
     fault: CoreFault,
 }
+
+/// A batch's encoding buffer keeps at most this much capacity between batches (a rare
+/// huge batch does not pin its memory for good).
+const WAL_BUFFER_RETAINED_BYTES_MAX: usize = 8 << 20;
 
 impl Core {
     /// A core over a state recovered (or new), with what recovery rebuilt around it.
@@ -163,6 +172,7 @@ impl Core {
             staged: VecDeque::new(),
             last_snapshot_batch,
             snapshot_every_batches: limits.snapshot_every_batches,
+            wal_buffer: Vec::new(),
             fault: CoreFault::None,
         }
     }
@@ -235,11 +245,17 @@ impl Core {
         // cloning it; the caller writes it after: a batch that trips an invariant never
         // reaches disk.
         let batch_seq = self.state.batch_seq + 1;
-        let body = encode_batch(&WalRecordRef {
-            batch_seq,
-            epoch: self.epoch,
-            inputs: inputs.iter().map(|i| (&i.command, &i.prior)).collect(),
-        })?;
+        if self.wal_buffer.capacity() > WAL_BUFFER_RETAINED_BYTES_MAX {
+            self.wal_buffer = Vec::new();
+        }
+        encode_batch_into(
+            &WalRecordRef {
+                batch_seq,
+                epoch: self.epoch,
+                inputs: inputs.iter().map(|i| (&i.command, &i.prior)).collect(),
+            },
+            &mut self.wal_buffer,
+        )?;
         let output = self.state.apply_batch(inputs);
         assert_eq!(
             self.state.batch_seq, batch_seq,
@@ -273,7 +289,7 @@ impl Core {
         let last = self.staged.back().expect("just pushed");
         Ok(Staged {
             batch_seq,
-            body,
+            body: &self.wal_buffer,
             output: &last.output,
             confirm_now,
         })

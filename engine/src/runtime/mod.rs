@@ -28,7 +28,7 @@ use crate::ids::{AccountKey, FspId, TransferId};
 use crate::limits::*;
 use crate::machine::account::Money;
 use crate::machine::{home_of, Input, Outgoing, PartitionState};
-use crate::storage::{encode_batch, SnapshotRecord, Storage, Store, WalRecordRef};
+use crate::storage::{SnapshotRecord, Storage, Store, WalRecordRef};
 use crate::EngineError;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

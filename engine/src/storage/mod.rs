@@ -98,6 +98,12 @@ pub fn encode_batch(record: &WalRecordRef<'_>) -> Result<Vec<u8>, EngineError> {
     crate::codec::encode_record(crate::codec::RecordKind::WalBatch, record).map_err(storage_err)
 }
 
+/// [`encode_batch`] into a buffer the caller reuses from batch to batch.
+pub fn encode_batch_into(record: &WalRecordRef<'_>, out: &mut Vec<u8>) -> Result<(), EngineError> {
+    crate::codec::encode_record_into(crate::codec::RecordKind::WalBatch, record, out)
+        .map_err(storage_err)
+}
+
 /// A partition snapshot: the state bytes (see `PartitionState::snapshot_bytes`) and the
 /// sent messages not yet confirmed durable by their receivers.
 #[derive(Debug, Clone, Serialize, Deserialize)]

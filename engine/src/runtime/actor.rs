@@ -393,7 +393,7 @@ impl Running {
         };
         let staged = self.core.stage(commands, &mut lookup)?;
         self.store
-            .append_encoded(self.partition, staged.batch_seq, &staged.body)?;
+            .append_encoded(self.partition, staged.batch_seq, staged.body)?;
         Self::filter_insert(
             &mut self.filter,
             &mut self.filter_loaded,

@@ -262,19 +262,7 @@ async fn a_corrupt_record_stops_only_its_partition_and_names_it() {
         store.sync().expect("sync");
     }
     let (hub, _events) = open(dir.path(), Limits::default());
-    let statuses = hub.partitions();
-    let reason = statuses[victim as usize]
-        .stopped
-        .clone()
-        .expect("victim stopped");
-    assert!(
-        reason.contains(&format!("partition {victim}")) && reason.contains("wal/"),
-        "{reason}"
-    );
-    assert!(statuses
-        .iter()
-        .filter(|s| s.partition != victim)
-        .all(|s| s.stopped.is_none()));
+    assert_only_stopped(&hub, victim, "wal/", "victim stopped");
     // Commands for the stopped partition are refused with the reason; others still work.
     let error = hub
         .submit(victim, Command::Tick { now_ms: now_ms() })
@@ -488,19 +476,12 @@ async fn a_record_written_at_a_later_owner_epoch_stops_its_partition() {
     // record of epoch 7 comes from an owner this node never was.
     append_foreign_record(dir.path(), victim, 7);
     let (hub, _events) = open(dir.path(), Limits::default());
-    let statuses = hub.partitions();
-    let reason = statuses[victim as usize]
-        .stopped
-        .clone()
-        .expect("the partition with a later owner's record is stopped");
-    assert!(
-        reason.contains(&format!("partition {victim}")) && reason.contains("epoch 7"),
-        "{reason}"
+    assert_only_stopped(
+        &hub,
+        victim,
+        "epoch 7",
+        "the partition with a later owner's record is stopped",
     );
-    assert!(statuses
-        .iter()
-        .filter(|s| s.partition != victim)
-        .all(|s| s.stopped.is_none()));
     hub.shutdown().await.expect("clean shutdown");
 }
 
@@ -612,19 +593,12 @@ async fn a_decodable_but_inconsistent_snapshot_stops_only_its_partition() {
         store.truncate_batches(victim, batch_seq).expect("durable");
     }
     let (hub, _events) = open(dir.path(), Limits::default());
-    let statuses = hub.partitions();
-    let reason = statuses[victim as usize]
-        .stopped
-        .clone()
-        .expect("the partition with the inconsistent snapshot is stopped");
-    assert!(
-        reason.contains(&format!("partition {victim}")) && reason.contains("reserved"),
-        "{reason}"
+    assert_only_stopped(
+        &hub,
+        victim,
+        "reserved",
+        "the partition with the inconsistent snapshot is stopped",
     );
-    assert!(statuses
-        .iter()
-        .filter(|s| s.partition != victim)
-        .all(|s| s.stopped.is_none()));
     hub.shutdown().await.expect("clean shutdown");
 }
 
@@ -743,4 +717,18 @@ async fn a_failed_fdatasync_stops_the_hub_acknowledges_nothing_and_shutdown_repo
         hub.shutdown().await.is_err(),
         "shutdown after a failed sync must not report a clean stop"
     );
+}
+
+/// Partition `victim` alone is stopped, with a reason that names it and `mentions`.
+fn assert_only_stopped(hub: &Hub, victim: u32, mentions: &str, what: &str) {
+    let statuses = hub.partitions();
+    let reason = statuses[victim as usize].stopped.clone().expect(what);
+    assert!(
+        reason.contains(&format!("partition {victim}")) && reason.contains(mentions),
+        "{reason}"
+    );
+    assert!(statuses
+        .iter()
+        .filter(|s| s.partition != victim)
+        .all(|s| s.stopped.is_none()));
 }

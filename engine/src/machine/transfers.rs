@@ -192,33 +192,10 @@ impl PartitionState {
                 out,
             );
         };
+        if let Some(code) = payee_refusal(open, fulfil.source, now_ms) {
+            return self.refuse_payee(transfer_id, fulfil.source, code, now_ms, out);
+        }
         let open = open.clone();
-        if fulfil.source != open.parties.payee || !open.reserved {
-            out.events.push(Event::RequestRefused {
-                transfer_id,
-                to: fulfil.source,
-                code: ErrorCode::Validation,
-            });
-            return;
-        }
-        if now_ms >= open.expiration_ms {
-            // Too late: the transfer times out now rather than at the next tick.
-            out.events.push(Event::RequestRefused {
-                transfer_id,
-                to: fulfil.source,
-                code: ErrorCode::TransferExpired,
-            });
-            self.abort(
-                now_ms,
-                transfer_id,
-                ErrorCode::TransferExpired,
-                true,
-                None,
-                Vec::new(),
-                out,
-            );
-            return;
-        }
         let digest: [u8; 32] = Sha256::digest(fulfil.fulfilment).into();
         if digest != open.condition {
             self.abort(
@@ -290,30 +267,8 @@ impl PartitionState {
                 out,
             );
         };
-        if reject.source != open.parties.payee || !open.reserved {
-            out.events.push(Event::RequestRefused {
-                transfer_id,
-                to: reject.source,
-                code: ErrorCode::Validation,
-            });
-            return;
-        }
-        if now_ms >= open.expiration_ms {
-            out.events.push(Event::RequestRefused {
-                transfer_id,
-                to: reject.source,
-                code: ErrorCode::TransferExpired,
-            });
-            self.abort(
-                now_ms,
-                transfer_id,
-                ErrorCode::TransferExpired,
-                true,
-                None,
-                Vec::new(),
-                out,
-            );
-            return;
+        if let Some(code) = payee_refusal(open, reject.source, now_ms) {
+            return self.refuse_payee(transfer_id, reject.source, code, now_ms, out);
         }
         let code = ErrorCode::Payee(reject.error_code);
         self.abort(
@@ -325,6 +280,35 @@ impl PartitionState {
             reject.payload,
             out,
         );
+    }
+
+    /// Refuses a payee's fulfil or reject of an open transfer with `code` (from
+    /// [`payee_refusal`]); a late one also times the transfer out now rather than at the
+    /// next tick.
+    fn refuse_payee(
+        &mut self,
+        transfer_id: TransferId,
+        source: FspId,
+        code: ErrorCode,
+        now_ms: TimestampMs,
+        out: &mut Output,
+    ) {
+        out.events.push(Event::RequestRefused {
+            transfer_id,
+            to: source,
+            code,
+        });
+        if code == ErrorCode::TransferExpired {
+            self.abort(
+                now_ms,
+                transfer_id,
+                ErrorCode::TransferExpired,
+                true,
+                None,
+                Vec::new(),
+                out,
+            );
+        }
     }
 
     /// A fulfil or reject for a transfer that is not open here.
@@ -538,5 +522,18 @@ fn state_resent(record: &FinishedTransfer, to: FspId) -> Event {
         state: record.state,
         fulfilment: record.fulfilment,
         completed_ms: record.completed_ms,
+    }
+}
+
+/// Why `source` may not fulfil or reject the open transfer now, if it may not: only the
+/// payee of a reserved transfer may (else 3100), and only before its expiration (else
+/// 3303).
+fn payee_refusal(open: &OpenTransfer, source: FspId, now_ms: TimestampMs) -> Option<ErrorCode> {
+    if source != open.parties.payee || !open.reserved {
+        Some(ErrorCode::Validation)
+    } else if now_ms >= open.expiration_ms {
+        Some(ErrorCode::TransferExpired)
+    } else {
+        None
     }
 }

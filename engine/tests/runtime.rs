@@ -249,13 +249,7 @@ async fn a_corrupt_record_stops_only_its_partition_and_names_it() {
     let victim = 1u32;
     {
         let store = Store::open(dir.path(), PARTITIONS, 8 << 20).expect("store");
-        let next = store
-            .batches_after(victim, 0)
-            .expect("read")
-            .last()
-            .map(|r| r.batch_seq)
-            .unwrap_or(0)
-            + 1;
+        let next = last_batch(&store, victim) + 1;
         store
             .append_encoded(victim, next, &[0xde, 0xad, 0xbe, 0xef])
             .expect("write garbage");
@@ -442,13 +436,7 @@ async fn a_transfer_id_is_deduplicated_for_the_retention_window_and_then_forgott
 /// Writes a WAL record for `partition` after its last one, as another owner would.
 fn append_foreign_record(dir: &Path, partition: u32, epoch: u64) {
     let store = Store::open(dir, PARTITIONS, 8 << 20).expect("store");
-    let next = store
-        .batches_after(partition, 0)
-        .expect("read")
-        .last()
-        .map(|r| r.batch_seq)
-        .unwrap_or(0)
-        + 1;
+    let next = last_batch(&store, partition) + 1;
     let inputs = [(Command::Tick { now_ms: now_ms() }, None)];
     store
         .append_batch(
@@ -497,13 +485,7 @@ async fn a_stopped_partition_does_not_hold_wal_trimming_back_for_the_others() {
     }
     {
         let store = Store::open(dir.path(), PARTITIONS, 8 << 20).expect("store");
-        let next = store
-            .batches_after(victim, 0)
-            .expect("read")
-            .last()
-            .map(|r| r.batch_seq)
-            .unwrap_or(0)
-            + 1;
+        let next = last_batch(&store, victim) + 1;
         store
             .append_encoded(victim, next, &[0xde, 0xad, 0xbe, 0xef])
             .expect("write garbage");
@@ -561,12 +543,7 @@ async fn a_decodable_but_inconsistent_snapshot_stops_only_its_partition() {
     }
     {
         let store = Store::open(dir.path(), PARTITIONS, 8 << 20).expect("store");
-        let batch_seq = store
-            .batches_after(victim, 0)
-            .expect("read")
-            .last()
-            .map(|r| r.batch_seq)
-            .unwrap_or(0);
+        let batch_seq = last_batch(&store, victim);
         // A state that decodes but whose account reserves money no open transfer holds.
         let mut state = engine::machine::PartitionState::new(victim, PARTITIONS, Limits::default());
         state.batch_seq = batch_seq;
@@ -731,4 +708,14 @@ fn assert_only_stopped(hub: &Hub, victim: u32, mentions: &str, what: &str) {
         .iter()
         .filter(|s| s.partition != victim)
         .all(|s| s.stopped.is_none()));
+}
+
+/// The newest batch of `partition` in the WAL (0 if none).
+fn last_batch(store: &Store, partition: u32) -> u64 {
+    store
+        .batches_after(partition, 0)
+        .expect("read")
+        .last()
+        .map(|r| r.batch_seq)
+        .unwrap_or(0)
 }

@@ -719,3 +719,86 @@ fn last_batch(store: &Store, partition: u32) -> u64 {
         .map(|r| r.batch_seq)
         .unwrap_or(0)
 }
+
+// ----- the results outbox: a consumer that stops reading never stops the ledger, and
+// results not yet delivered when the hub stopped are published again after the restart
+// (callbacks are at least once, not only for the batches recovery replays).
+
+/// The event stream's consumer reads nothing at all: every prepare must still be
+/// acknowledged, because the ledger never waits for the notifier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_reads_nothing_never_stops_the_ledger() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = Limits {
+        events_capacity: 4,
+        ..Limits::default()
+    };
+    let (hub, _events_never_read) = open(dir.path(), limits);
+    provision(&hub, "payerfsp", 1_000_000, 1_000_000, 1).await;
+    provision(&hub, "payeefsp", 1_000_000, 1_000_000, 2).await;
+    for n in 1..=64u64 {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            hub.prepare(now_ms(), prepare(n, "payerfsp", "payeefsp", 10, [7; 32])),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("prepare {n} still waiting after 10 s: the ledger stopped"))
+        .expect("prepare accepted");
+    }
+    let payer = hub
+        .account(AccountKey::new(fsp("payerfsp"), usd()))
+        .await
+        .expect("payer");
+    assert_eq!(payer.reserved, 640, "every prepare reserved");
+    hub.shutdown().await.expect("clean shutdown");
+}
+
+/// Results that the consumer has not taken when the hub stops come back after the
+/// restart, even though a snapshot after every batch leaves recovery nothing to replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undelivered_results_are_published_again_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = Limits {
+        snapshot_every_batches: 1,
+        ..Limits::default()
+    };
+    const TRANSFERS: u64 = 12;
+    {
+        let (hub, events_not_taken) = open(dir.path(), limits.clone());
+        provision(&hub, "payerfsp", 1_000_000, 1_000_000, 1).await;
+        provision(&hub, "payeefsp", 1_000_000, 1_000_000, 2).await;
+        for n in 1..=TRANSFERS {
+            hub.prepare(now_ms(), prepare(n, "payerfsp", "payeefsp", 10, [7; 32]))
+                .await
+                .expect("prepare");
+        }
+        // Give every partition time to snapshot behind its last batch.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        hub.shutdown().await.expect("clean shutdown");
+        drop(events_not_taken);
+    }
+    let (hub, mut events) = open(dir.path(), limits);
+    let mut reserved = std::collections::BTreeSet::new();
+    while reserved.len() < TRANSFERS as usize {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "only {} of {TRANSFERS} undelivered results came back: {reserved:?}",
+                    reserved.len()
+                )
+            })
+            .expect("stream open")
+            .into_event();
+        if let Event::Reserved { parties, .. } = event {
+            reserved.insert(parties.transfer_id);
+        }
+    }
+    assert_eq!(
+        reserved,
+        (1..=TRANSFERS)
+            .map(id)
+            .collect::<std::collections::BTreeSet<_>>()
+    );
+    hub.shutdown().await.expect("clean shutdown");
+}

@@ -520,8 +520,7 @@ impl Running {
 
     /// Records why this partition stops; its mailbox closes when the actor returns.
     fn stop(&self, error: &EngineError) {
-        error!(partition = self.partition, error = %error, "partition stopped");
-        *lock(&self.shared.stats[self.partition as usize].stopped) = Some(error.to_string());
+        stop_partition(&self.shared, self.partition, error.to_string());
     }
 
     /// Sends a message into the receiver's log (its peer lane). A closed lane (a stopped

@@ -790,6 +790,14 @@ async fn watch_actor(shared: Arc<Shared>, partition: u32, actor: tokio::task::Jo
     } else {
         format!("partition {partition}: its actor was cancelled")
     };
+    stop_partition(&shared, partition, reason);
+}
+
+/// Records why a partition stopped (shown in its status; its submitters get
+/// `PartitionStopped`) and sets its WAL aside, so that it does not hold trimming back for
+/// every other partition while an operator looks at it. The one way a running partition
+/// stops, whether its actor returned an error or panicked.
+fn stop_partition(shared: &Shared, partition: u32, reason: String) {
     error!(partition, error = %reason, "partition stopped");
     *lock(&shared.stats[partition as usize].stopped) = Some(reason);
     if let Some(store) = lock(&shared.store).clone() {

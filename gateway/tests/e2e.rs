@@ -1176,19 +1176,7 @@ async fn admin_amounts_as_central_ledger_takes_them() {
     assert_eq!(ndc(&v), Some(1_234_567_890.12), "{v}");
 
     // Funds in with "4000.00", and as the number 250.50.
-    let (_, accounts) = w
-        .http
-        .admin(
-            "GET",
-            &format!("{admin}/participants/{name}/accounts"),
-            Value::Null,
-        )
-        .await;
-    let settlement = accounts
-        .as_array()
-        .and_then(|a| a.iter().find(|x| x["ledgerAccountType"] == "SETTLEMENT"))
-        .map(|x| x["id"].to_string())
-        .expect("settlement account");
+    let settlement = settlement_account(&w.http, &admin, name).await["id"].to_string();
     let funds_url = format!("{admin}/participants/{name}/accounts/{settlement}");
     let funds = |n: u32, amount: &str| {
         format!(
@@ -1199,19 +1187,8 @@ async fn admin_amounts_as_central_ledger_takes_them() {
     assert_eq!(st, 202, "{v}");
     let (st, v) = send("POST", funds_url.clone(), funds(2, "250.50")).await;
     assert_eq!(st, 202, "{v}");
-    let (_, accounts) = w
-        .http
-        .admin(
-            "GET",
-            &format!("{admin}/participants/{name}/accounts"),
-            Value::Null,
-        )
-        .await;
-    let cover = accounts
-        .as_array()
-        .and_then(|a| a.iter().find(|x| x["ledgerAccountType"] == "SETTLEMENT"))
-        .and_then(|x| x["value"].as_f64());
-    assert_eq!(cover, Some(-4_250.5), "{accounts}");
+    let account = settlement_account(&w.http, &admin, name).await;
+    assert_eq!(account["value"].as_f64(), Some(-4_250.5), "{account}");
 
     // Refused, each with 3100 and a description that says why.
     let limit = |value: &str| {

@@ -337,6 +337,22 @@ pub fn fulfil_body(n: u64, state: &str) -> Value {
 static FUNDS_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Provisions a DFSP in USD with its endpoints on the fake DFSP server.
+/// The participant's USD SETTLEMENT account as the admin API lists it.
+pub async fn settlement_account(http: &Http, admin: &str, name: &str) -> Value {
+    let (_, accounts) = http
+        .admin(
+            "GET",
+            &format!("{admin}/participants/{name}/accounts"),
+            Value::Null,
+        )
+        .await;
+    accounts
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["ledgerAccountType"] == "SETTLEMENT"))
+        .cloned()
+        .expect("settlement account")
+}
+
 pub async fn provision(
     http: &Http,
     admin: &str,
@@ -361,18 +377,7 @@ pub async fn provision(
         )
         .await;
     assert_eq!(st, 201, "limits {name}");
-    let (_, accounts) = http
-        .admin(
-            "GET",
-            &format!("{admin}/participants/{name}/accounts"),
-            Value::Null,
-        )
-        .await;
-    let settlement = accounts
-        .as_array()
-        .and_then(|a| a.iter().find(|x| x["ledgerAccountType"] == "SETTLEMENT"))
-        .map(|x| x["id"].to_string())
-        .expect("settlement account");
+    let settlement = settlement_account(http, admin, name).await["id"].to_string();
     let (st, _) = http
         .admin(
             "POST",

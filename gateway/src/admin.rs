@@ -9,16 +9,17 @@
 //! A JSON number is converted from its text in the body (`fspiop::NumberTexts`), never
 //! through a float, so `4000.000000000000000001` is refused, not read as 4000.
 
+use crate::engine_errors::{api_error, from_engine};
 use crate::fspiop::{
     format_timestamp, only_fields, parse_admin_decimal, parse_object, string_field, ApiError,
     NumberTexts,
 };
 use crate::limits::SETTLEMENT_MODEL_NAME_CHARS_MAX;
-use crate::registry::{Participant, HUB_ACCOUNT_TYPES};
+use crate::registry::{Participant, RegistryError, HUB_ACCOUNT_TYPES};
 use crate::transfers::error_response;
 use crate::AppState;
 use actix_web::{web, HttpResponse};
-use engine::command::{Admin, ErrorCode};
+use engine::command::Admin;
 use engine::ids::{AccountKey, Currency, FspId, TransferId};
 use engine::money::format_amount;
 use engine::runtime::now_ms;
@@ -87,21 +88,15 @@ fn not_found(name: &str) -> ApiError {
     )
 }
 
-fn engine_error((code, message): (ErrorCode, String)) -> ApiError {
-    let status = match code {
-        ErrorCode::ServiceUnavailable => 503,
-        ErrorCode::TransferNotFound => 404,
-        _ => 400,
-    };
-    ApiError::new(
-        status,
-        code.code(),
-        format!("{} - {message}", code.description()),
-    )
-}
-
-fn storage_error(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(503, 2003, format!("Service currently unavailable - {e}"))
+/// A registry write that failed: the engine's error as the engine mapping says, a
+/// registry over its bound as 503 (nothing was recorded; an operator must make room).
+fn registry_error(e: RegistryError) -> ApiError {
+    match e {
+        RegistryError::Storage(e) => api_error(&e),
+        RegistryError::Full(what) => {
+            ApiError::new(503, 2003, format!("Service currently unavailable - {what}"))
+        }
+    }
 }
 
 fn participant(state: &AppState, name: &str) -> Result<Participant, ApiError> {
@@ -219,13 +214,13 @@ async fn create(state: &AppState, body: &[u8]) -> Answer {
             },
         )
         .await
-        .map_err(engine_error)?;
+        .map_err(from_engine)?;
     p.currencies.push(currency_text.to_string());
     state
         .registry
         .put(&state.hub, p.clone())
         .await
-        .map_err(storage_error)?;
+        .map_err(registry_error)?;
     Ok(HttpResponse::Created().json(participant_json(&p)))
 }
 
@@ -304,7 +299,7 @@ async fn hub_account(state: &AppState, name: &str, body: &[u8]) -> Answer {
         .registry
         .put_hub_account(&state.hub, currency.as_str(), kind)
         .await
-        .map_err(storage_error)?;
+        .map_err(registry_error)?;
     if !created {
         return Err(ApiError::new(
             400,
@@ -369,7 +364,7 @@ async fn settlement_model(state: &AppState, body: &[u8]) -> Answer {
         .registry
         .put_settlement_model(&state.hub, name, Value::Object(map.clone()))
         .await
-        .map_err(storage_error)?;
+        .map_err(registry_error)?;
     if !created {
         return Err(ApiError::new(
             400,
@@ -410,13 +405,13 @@ async fn activate(state: &AppState, name: &str, body: &[u8]) -> Answer {
         .hub
         .admin(now_ms(), Admin::SetActive { fsp, active })
         .await
-        .map_err(engine_error)?;
+        .map_err(from_engine)?;
     p.is_active = active;
     state
         .registry
         .put(&state.hub, p.clone())
         .await
-        .map_err(storage_error)?;
+        .map_err(registry_error)?;
     Ok(HttpResponse::Ok().json(participant_json(&p)))
 }
 
@@ -465,7 +460,7 @@ async fn store_alarm(
         .registry
         .put(&state.hub, p)
         .await
-        .map_err(storage_error)
+        .map_err(registry_error)
 }
 
 /// What central-ledger reports when no alarm percentage was given.
@@ -508,7 +503,7 @@ async fn initial(state: &AppState, name: &str, body: &[u8]) -> Answer {
             },
         )
         .await
-        .map_err(engine_error)?;
+        .map_err(from_engine)?;
     store_alarm(state, name, account.currency, alarm).await?;
     Ok(HttpResponse::Created().finish())
 }
@@ -591,7 +586,14 @@ async fn account_views(
             .hub
             .account(account)
             .await
-            .ok_or_else(|| storage_error("account unavailable"))?;
+            .map_err(from_engine)?
+            .ok_or_else(|| {
+                ApiError::new(
+                    503,
+                    2003,
+                    "Service currently unavailable - account unavailable",
+                )
+            })?;
         out.push((account.currency, view));
     }
     Ok(out)
@@ -615,7 +617,7 @@ async fn set_limits(state: &AppState, name: &str, body: &[u8]) -> Answer {
         .hub
         .admin(now_ms(), Admin::SetNdc { account, ndc })
         .await
-        .map_err(engine_error)?;
+        .map_err(from_engine)?;
     store_alarm(state, name, account.currency, alarm).await?;
     Ok(HttpResponse::Ok().json(json!({
         "currency": account.currency.as_str(),
@@ -633,7 +635,7 @@ async fn accounts(state: &AppState, name: &str) -> Answer {
     let mut out = Vec::new();
     for (i, currency) in p.currencies.iter().enumerate() {
         let account = account_of(&p, currency)?;
-        let view = state.hub.account(account).await;
+        let view = state.hub.account(account).await.map_err(from_engine)?;
         let (position, reserved, cover) = view
             .map(|v| (v.position, v.reserved, v.liquidity_cover))
             .unwrap_or((0, 0, 0));
@@ -717,7 +719,7 @@ async fn funds(state: &AppState, name: &str, account_id: u64, body: &[u8]) -> An
         .hub
         .admin(now_ms(), admin)
         .await
-        .map_err(engine_error)?;
+        .map_err(from_engine)?;
     Ok(HttpResponse::Accepted().finish())
 }
 
@@ -760,7 +762,7 @@ async fn funds_out(
         .hub
         .admin(now_ms(), admin)
         .await
-        .map_err(engine_error)?;
+        .map_err(from_engine)?;
     Ok(HttpResponse::Accepted().finish())
 }
 
@@ -792,7 +794,7 @@ async fn endpoint(state: &AppState, name: &str, body: &[u8]) -> Answer {
         .registry
         .put(&state.hub, p)
         .await
-        .map_err(storage_error)?;
+        .map_err(registry_error)?;
     Ok(HttpResponse::Created().finish())
 }
 

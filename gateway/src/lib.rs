@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod engine_errors;
 pub mod fspiop;
 pub mod limits;
 pub mod metrics;

@@ -7,6 +7,7 @@
 //! payee's callback to the hub, acknowledged as ml-api-adapter does). Results reach the
 //! DFSPs as callbacks from the notifier.
 
+use crate::engine_errors::from_engine;
 use crate::fspiop::{
     self, check_extension_list, check_headers, check_ilp_packet, digest_field, fsp_field,
     money_field, only_fields, parse_datetime, parse_object, string_field, ApiError, Headers, Stash,
@@ -16,8 +17,9 @@ use crate::metrics::Route;
 use crate::AppState;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use engine::command::{ErrorCode, Fulfil, Prepare, Reject};
-use engine::runtime::{now_ms, SubmitError};
+use engine::command::{Fulfil, Prepare, Reject};
+use engine::runtime::now_ms;
+use engine::EngineError;
 use std::time::Instant;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -45,26 +47,6 @@ pub fn error_response(error: &ApiError) -> HttpResponse {
     response
         .content_type("application/json")
         .body(error.body().to_string())
-}
-
-fn submit_error(error: SubmitError) -> ApiError {
-    match error {
-        SubmitError::Overloaded { .. } => ApiError::new(
-            503,
-            2003,
-            "Service currently unavailable - hub overloaded, retry",
-        ),
-        SubmitError::ShuttingDown => ApiError::new(
-            503,
-            2003,
-            "Service currently unavailable - hub shutting down",
-        ),
-        SubmitError::PartitionStopped { .. } => ApiError::new(
-            503,
-            2003,
-            "Service currently unavailable - partition stopped",
-        ),
-    }
 }
 
 /// The answer to a request the engine made durable: `POST /transfers` and `GET` answer
@@ -170,7 +152,7 @@ async fn prepare(state: &AppState, req: &HttpRequest, body: &[u8]) -> Result<(),
         body_hash: fspiop::body_hash(&map),
         payload: stash(&headers, body),
     };
-    state.hub.prepare(now, prepare).await.map_err(submit_error)
+    state.hub.prepare(now, prepare).await.map_err(from_engine)
 }
 
 async fn put_transfer(
@@ -225,7 +207,7 @@ async fn fulfil(
                 body_hash: fspiop::body_hash(&map),
                 payload: stash(&headers, body),
             };
-            state.hub.fulfil(now, command).await.map_err(submit_error)
+            state.hub.fulfil(now, command).await.map_err(from_engine)
         }
         // A v1.0 payee may abort with PUT and state ABORTED: a reject without a code.
         "ABORTED" => {
@@ -236,7 +218,7 @@ async fn fulfil(
                 body_hash: fspiop::body_hash(&map),
                 payload: Vec::new(),
             };
-            state.hub.reject(now, command).await.map_err(submit_error)
+            state.hub.reject(now, command).await.map_err(from_engine)
         }
         other => Err(ApiError::validation(format!(
             "transferState {other} is not allowed here"
@@ -277,7 +259,7 @@ async fn reject(
         .hub
         .reject(now_ms(), command)
         .await
-        .map_err(submit_error)
+        .map_err(from_engine)
 }
 
 async fn get_transfer(
@@ -304,12 +286,12 @@ async fn query(state: &AppState, req: &HttpRequest, id: &str) -> Result<(), ApiE
             view.completed_ms,
             "PUT",
         ),
-        Err(ErrorCode::ServiceUnavailable) => {
-            return Err(ApiError::new(503, 2003, "Service currently unavailable"));
+        Err(EngineError::Refused { code, .. }) => {
+            state
+                .notifier
+                .error_to(headers.source, transfer_id.as_str(), code)
         }
-        Err(code) => state
-            .notifier
-            .error_to(headers.source, transfer_id.as_str(), code),
+        Err(e) => return Err(from_engine(e)),
     };
     state.notifier.dispatch(callback).await;
     Ok(())

@@ -50,6 +50,7 @@ use engine::command::{Admin, Command, ErrorCode, Event, Fulfil, Prepare, Reject,
 use engine::ids::{AccountKey, Currency, FspId, TransferId};
 use engine::limits::Limits;
 use engine::runtime::{now_ms, AccountView, Hub, HubConfig, TransferView};
+use engine::EngineError;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
@@ -413,7 +414,10 @@ async fn provision(hub: &Hub) -> Result<(), String> {
             .await
         {
             Ok(()) => {}
-            Err((ErrorCode::Validation, _)) => {} // already set by an earlier run
+            Err(EngineError::Refused {
+                code: ErrorCode::Validation,
+                ..
+            }) => {} // already set by an earlier run
             Err(e) => return Err(format!("{e:?}")),
         }
         let funds_id =
@@ -784,6 +788,7 @@ async fn audit_accounts(hub: &Hub, history: &History) -> Result<Vec<AccountView>
             let view = hub
                 .account(account_of(i))
                 .await
+                .map_err(|e| format!("{}: {e}", fsp(i)))?
                 .ok_or_else(|| format!("{} lost", fsp(i)))?;
             views.push(view);
         }
@@ -896,7 +901,7 @@ async fn audit_transfers(
             tasks.spawn(async move {
                 loop {
                     match hub.get_transfer(id, payer).await {
-                        Err(ErrorCode::ServiceUnavailable) => {
+                        Err(e) if e.is_retryable() => {
                             tokio::time::sleep(Duration::from_millis(1)).await
                         }
                         answer => return (id, answer, now_ms()),
@@ -925,7 +930,7 @@ async fn audit_transfers(
 fn check_transfer(
     id: TransferId,
     seen: &Seen,
-    answer: Result<TransferView, ErrorCode>,
+    answer: Result<TransferView, EngineError>,
     asked_ms: i64,
     opened_ms: i64,
     unrecorded: bool,
@@ -942,14 +947,16 @@ fn check_transfer(
     counts.total += 1;
     let view = match answer {
         Ok(view) => view,
-        Err(ErrorCode::TransferNotFound)
-            if unrecorded
-                || matches!(reported, Some(Final::Refused(code)) if refused_unrecorded(code)) =>
+        Err(EngineError::Refused {
+            code: ErrorCode::TransferNotFound,
+            ..
+        }) if unrecorded
+            || matches!(reported, Some(Final::Refused(code)) if refused_unrecorded(code)) =>
         {
             counts.aborted += 1;
             return Ok(());
         }
-        Err(code) => return Err(format!("{}: lost after restart ({code:?})", lines())),
+        Err(e) => return Err(format!("{}: lost after restart ({e})", lines())),
     };
     if Some(view.payer) != seen.payer {
         return Err(format!("{}: payer of record is {}", lines(), view.payer));

@@ -46,8 +46,8 @@ pub(super) struct Waiting {
 /// A query answer held back until the state it was read from is durable.
 pub(super) enum Answer {
     Transfer(
-        oneshot::Sender<Result<Option<TransferView>, ErrorCode>>,
-        Result<Option<TransferView>, ErrorCode>,
+        oneshot::Sender<Result<Option<TransferView>, EngineError>>,
+        Result<Option<TransferView>, EngineError>,
     ),
     Account(oneshot::Sender<Option<SliceFigures>>, Option<SliceFigures>),
 }
@@ -299,7 +299,7 @@ impl Running {
                         })),
                         Err(e) => {
                             error!(partition = self.partition, error = %e, "reading an archived transfer failed");
-                            Err(ErrorCode::Internal)
+                            Err(e)
                         }
                     }
                 };

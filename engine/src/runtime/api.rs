@@ -1,4 +1,4 @@
-//! The runtime's public vocabulary: configuration, submit errors and the views the hub
+//! The runtime's public vocabulary: configuration and the views the hub
 //! answers with (transfers, accounts, partitions, metrics).
 
 use crate::command::{TimestampMs, TransferState};
@@ -12,19 +12,6 @@ pub struct HubConfig {
     pub data_dir: PathBuf,
     pub partitions: u32,
     pub limits: Limits,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SubmitError {
-    /// The partition's mailbox is full: answer 503 + Retry-After.
-    #[error("partition {partition} is overloaded")]
-    Overloaded { partition: u32 },
-    #[error("the hub is shutting down")]
-    ShuttingDown,
-    /// The partition stopped on an error (a corrupt record, a storage failure); an
-    /// operator must look at it. The other partitions keep working.
-    #[error("partition {partition} is stopped: {reason}")]
-    PartitionStopped { partition: u32, reason: String },
 }
 
 /// What GET /transfers/{id} shows.

@@ -45,7 +45,7 @@ mod outbox;
 mod recovery;
 mod workers;
 use actor::*;
-pub use api::{AccountView, EngineMetrics, HubConfig, PartitionStatus, SubmitError, TransferView};
+pub use api::{AccountView, EngineMetrics, HubConfig, PartitionStatus, TransferView};
 pub use outbox::{AckToken, Delivery};
 use outbox::{Acks, Outbox};
 use recovery::*;
@@ -73,7 +73,7 @@ struct ClientRequest {
 enum Query {
     Transfer {
         id: TransferId,
-        reply: oneshot::Sender<Result<Option<TransferView>, ErrorCode>>,
+        reply: oneshot::Sender<Result<Option<TransferView>, EngineError>>,
     },
     Account {
         account: AccountKey,
@@ -275,7 +275,10 @@ impl Hub {
         let syncer = std::thread::Builder::new()
             .name("engine-syncer".into())
             .spawn(move || run_syncer(syncer_store, sync_rx))
-            .map_err(|e| EngineError::Storage(e.to_string()))?;
+            .map_err(|source| EngineError::Io {
+                what: "starting an engine thread".into(),
+                source,
+            })?;
         *lock(&shared.syncer_thread) = Some(syncer);
 
         // 2b. The trimmer: makes snapshots durable and deletes the WAL segments they
@@ -285,7 +288,10 @@ impl Hub {
         let trimmer = std::thread::Builder::new()
             .name("engine-trimmer".into())
             .spawn(move || run_trimmer(trimmer_store, trim_rx))
-            .map_err(|e| EngineError::Storage(e.to_string()))?;
+            .map_err(|source| EngineError::Io {
+                what: "starting an engine thread".into(),
+                source,
+            })?;
         *lock(&shared.trimmer_thread) = Some(trimmer);
 
         // 3. The archiver: writes finished transfers off the critical path.
@@ -295,7 +301,10 @@ impl Hub {
         let archiver = std::thread::Builder::new()
             .name("engine-archiver".into())
             .spawn(move || run_archiver(archiver_store, archive_rx, archiver_shared))
-            .map_err(|e| EngineError::Storage(e.to_string()))?;
+            .map_err(|source| EngineError::Io {
+                what: "starting an engine thread".into(),
+                source,
+            })?;
         *lock(&shared.archiver_thread) = Some(archiver);
 
         // 3b. The compactor: merges the archive's runs and drops expired ones.
@@ -304,7 +313,10 @@ impl Hub {
         let compactor = std::thread::Builder::new()
             .name("engine-compactor".into())
             .spawn(move || run_compactor(compactor_store, compactor_stop, retention_ms))
-            .map_err(|e| EngineError::Storage(e.to_string()))?;
+            .map_err(|source| EngineError::Io {
+                what: "starting an engine thread".into(),
+                source,
+            })?;
         *lock(&shared.compactor_thread) = Some(compactor);
 
         // 4. The filters: filled from the archive in the background; until a partition
@@ -330,7 +342,10 @@ impl Hub {
                     loader_retention_ms,
                 )
             })
-            .map_err(|e| EngineError::Storage(e.to_string()))?;
+            .map_err(|source| EngineError::Io {
+                what: "starting an engine thread".into(),
+                source,
+            })?;
         *lock(&shared.filter_thread) = Some(filter_loader);
 
         // 5. The actors.
@@ -418,9 +433,9 @@ impl Hub {
     }
 
     /// Appends a command to its partition's mailbox and waits until it is durably applied.
-    pub async fn submit(&self, partition: u32, command: Command) -> Result<(), SubmitError> {
+    pub async fn submit(&self, partition: u32, command: Command) -> Result<(), EngineError> {
         if self.shared.shutting_down.load(Ordering::Relaxed) {
-            return Err(SubmitError::ShuttingDown);
+            return Err(EngineError::ShuttingDown);
         }
         let (reply, done) = oneshot::channel();
         let sender = &self.shared.clients[partition as usize];
@@ -430,7 +445,7 @@ impl Hub {
                 reply: Some(reply),
             })
             .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded { partition },
+                mpsc::error::TrySendError::Full(_) => EngineError::Overloaded { partition },
                 mpsc::error::TrySendError::Closed(_) => self.closed(partition),
             })?;
         done.await.map_err(|_| self.closed(partition))
@@ -439,11 +454,11 @@ impl Hub {
     /// [`Hub::submit`] for commands that must reach every partition they are sent to (an
     /// admin change): a full mailbox is retried, up to [`ADMIN_SUBMIT_ATTEMPTS_MAX`] times
     /// [`ADMIN_RETRY_WAIT_MS`] apart, before the caller is told the hub is overloaded.
-    async fn submit_patiently(&self, partition: u32, command: Command) -> Result<(), SubmitError> {
+    async fn submit_patiently(&self, partition: u32, command: Command) -> Result<(), EngineError> {
         let mut attempts = 1;
         loop {
             match self.submit(partition, command.clone()).await {
-                Err(SubmitError::Overloaded { .. }) if attempts < ADMIN_SUBMIT_ATTEMPTS_MAX => {
+                Err(EngineError::Overloaded { .. }) if attempts < ADMIN_SUBMIT_ATTEMPTS_MAX => {
                     attempts += 1;
                     tokio::time::sleep(Duration::from_millis(ADMIN_RETRY_WAIT_MS)).await;
                 }
@@ -454,9 +469,9 @@ impl Hub {
 
     /// Appends a command to its partition's mailbox without waiting: the results arrive
     /// as events only. Fails at once with `Overloaded` when the mailbox is full.
-    pub fn enqueue(&self, partition: u32, command: Command) -> Result<(), SubmitError> {
+    pub fn enqueue(&self, partition: u32, command: Command) -> Result<(), EngineError> {
         if self.shared.shutting_down.load(Ordering::Relaxed) {
-            return Err(SubmitError::ShuttingDown);
+            return Err(EngineError::ShuttingDown);
         }
         self.shared.clients[partition as usize]
             .try_send(ClientRequest {
@@ -464,16 +479,16 @@ impl Hub {
                 reply: None,
             })
             .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded { partition },
+                mpsc::error::TrySendError::Full(_) => EngineError::Overloaded { partition },
                 mpsc::error::TrySendError::Closed(_) => self.closed(partition),
             })
     }
 
     /// Why a partition's mailbox is closed.
-    fn closed(&self, partition: u32) -> SubmitError {
+    fn closed(&self, partition: u32) -> EngineError {
         match lock(&self.shared.stats[partition as usize].stopped).clone() {
-            Some(reason) => SubmitError::PartitionStopped { partition, reason },
-            None => SubmitError::ShuttingDown,
+            Some(reason) => EngineError::PartitionStopped { partition, reason },
+            None => EngineError::ShuttingDown,
         }
     }
 
@@ -482,48 +497,52 @@ impl Hub {
         (transfer_id.route_hash() % u64::from(self.shared.partitions)) as u32
     }
 
-    pub async fn prepare(&self, now_ms: TimestampMs, prepare: Prepare) -> Result<(), SubmitError> {
+    pub async fn prepare(&self, now_ms: TimestampMs, prepare: Prepare) -> Result<(), EngineError> {
         let p = self.partition_of(&prepare.transfer_id);
         self.submit(p, Command::Prepare { now_ms, prepare }).await
     }
 
-    pub async fn fulfil(&self, now_ms: TimestampMs, fulfil: Fulfil) -> Result<(), SubmitError> {
+    pub async fn fulfil(&self, now_ms: TimestampMs, fulfil: Fulfil) -> Result<(), EngineError> {
         let p = self.partition_of(&fulfil.transfer_id);
         self.submit(p, Command::Fulfil { now_ms, fulfil }).await
     }
 
-    pub async fn reject(&self, now_ms: TimestampMs, reject: Reject) -> Result<(), SubmitError> {
+    pub async fn reject(&self, now_ms: TimestampMs, reject: Reject) -> Result<(), EngineError> {
         let p = self.partition_of(&reject.transfer_id);
         self.submit(p, Command::Reject { now_ms, reject }).await
     }
 
-    /// GET /transfers/{id}: `Err(3208)` unknown, `Err(3000)` when `source` is neither party.
+    /// GET /transfers/{id}: `Refused(3208)` unknown, `Refused(3000)` when `source` is
+    /// neither party (the same answer an unknown transfer would get from its payer's point
+    /// of view: nothing about other DFSPs' transfers leaks).
     pub async fn get_transfer(
         &self,
         id: TransferId,
         source: FspId,
-    ) -> Result<TransferView, ErrorCode> {
+    ) -> Result<TransferView, EngineError> {
         let p = self.partition_of(&id);
         let (reply, answer) = oneshot::channel();
         self.shared.queries[p as usize]
             .try_send(Query::Transfer { id, reply })
-            .map_err(|_| ErrorCode::ServiceUnavailable)?;
-        let view = answer.await.map_err(|_| ErrorCode::ServiceUnavailable)??;
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => EngineError::Overloaded { partition: p },
+                mpsc::error::TrySendError::Closed(_) => self.closed(p),
+            })?;
+        let view = answer.await.map_err(|_| self.closed(p))??;
         match view {
-            None => Err(ErrorCode::TransferNotFound),
-            Some(view) if view.payer != source && view.payee != source => {
-                Err(ErrorCode::GenericClient)
-            }
+            None => Err(EngineError::refused(
+                ErrorCode::TransferNotFound,
+                format!("transfer {}", id.as_str()),
+            )),
+            Some(view) if view.payer != source && view.payee != source => Err(
+                EngineError::refused(ErrorCode::GenericClient, "not a party to the transfer"),
+            ),
             Some(view) => Ok(view),
         }
     }
 
     /// Runs an admin command where it belongs and waits for its result.
-    pub async fn admin(
-        &self,
-        now_ms: TimestampMs,
-        admin: Admin,
-    ) -> Result<(), (ErrorCode, String)> {
+    pub async fn admin(&self, now_ms: TimestampMs, admin: Admin) -> Result<(), EngineError> {
         let request_id = self.shared.next_request_id.fetch_add(1, Ordering::Relaxed);
         let (reply, done) = oneshot::channel();
         lock(&self.shared.admin_waiters).insert(request_id, reply);
@@ -550,7 +569,6 @@ impl Hub {
                 vec![home_of(account, self.shared.partitions)]
             }
         };
-        let unavailable = |e: SubmitError| (ErrorCode::ServiceUnavailable, e.to_string());
         for p in targets {
             let command = Command::Admin {
                 now_ms,
@@ -559,21 +577,19 @@ impl Hub {
             };
             if let Err(e) = self.submit_patiently(p, command).await {
                 lock(&self.shared.admin_waiters).remove(&request_id);
-                return Err(unavailable(e));
+                return Err(e);
             }
         }
         match done.await {
             Ok((None, _)) => Ok(()),
-            Ok((Some(code), message)) => Err((code, message)),
-            Err(_) => Err((
-                ErrorCode::ServiceUnavailable,
-                "the hub is shutting down".into(),
-            )),
+            Ok((Some(code), message)) => Err(EngineError::Refused { code, message }),
+            Err(_) => Err(EngineError::ShuttingDown),
         }
     }
 
-    /// An account's figures summed over every partition; `None` if it does not exist.
-    pub async fn account(&self, account: AccountKey) -> Option<AccountView> {
+    /// An account's figures summed over every partition; `None` if it does not exist,
+    /// `Err` when a partition cannot answer (stopped, shutting down).
+    pub async fn account(&self, account: AccountKey) -> Result<Option<AccountView>, EngineError> {
         let mut view = AccountView {
             account,
             active: false,
@@ -586,10 +602,16 @@ impl Hub {
             headroom: 0,
         };
         let mut known = false;
-        for query in &self.shared.queries {
+        for (p, query) in self.shared.queries.iter().enumerate() {
+            let p = p as u32;
             let (reply, answer) = oneshot::channel();
-            query.send(Query::Account { account, reply }).await.ok()?;
-            let figures = answer.await.ok()??;
+            query
+                .send(Query::Account { account, reply })
+                .await
+                .map_err(|_| self.closed(p))?;
+            let Some(figures) = answer.await.map_err(|_| self.closed(p))? else {
+                return Err(self.closed(p));
+            };
             known |= figures.known;
             view.active = figures.active;
             view.position += figures.position;
@@ -604,7 +626,7 @@ impl Hub {
                 view.limits_set = bank.limits_set;
             }
         }
-        known.then_some(view)
+        Ok(known.then_some(view))
     }
 
     /// Why the store refuses durability, if it does (a failed write or fdatasync stops it

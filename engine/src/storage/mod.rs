@@ -220,8 +220,10 @@ pub enum SyncFault {
     Sled,
 }
 
-fn storage_err(e: impl std::fmt::Display) -> EngineError {
-    EngineError::Storage(e.to_string())
+fn storage_err(e: impl std::error::Error + Send + Sync + 'static) -> EngineError {
+    EngineError::Store {
+        source: Box::new(e),
+    }
 }
 
 /// Opens a sled database, waiting up to [`SLED_LOCK_WAIT_MS_MAX`] for a lock that a
@@ -323,15 +325,18 @@ impl Store {
     fn sync_sled(&self) -> Result<(), EngineError> {
         self.refuse_if_stopped()?;
         let started = std::time::Instant::now();
-        self.db
-            .flush()
-            .map_err(|e| self.stop(storage_err(format!("flushing sled: {e}"))))?;
+        self.db.flush().map_err(|e| self.stop(storage_err(e)))?;
         let synced = if self.sled_sync_fault_armed.swap(false, Ordering::AcqRel) {
             Err(std::io::Error::other("injected fdatasync failure"))
         } else {
             self.data_file.sync_data()
         };
-        synced.map_err(|e| self.stop(storage_err(format!("syncing sled: {e}"))))?;
+        synced.map_err(|source| {
+            self.stop(EngineError::Io {
+                what: "fdatasync of sled's data file".into(),
+                source,
+            })
+        })?;
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.flush_us
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);

@@ -1,10 +1,73 @@
-//! Partition math for the hub: which partition owns a transfer, which partition is an
-//! account's home.
+//! Partitions, ownership and the logs of a hub cluster.
 //!
-//! Everything here is a pure function of its arguments and is pinned by golden vectors:
-//! changing a single output would move live transfers to a partition that has never heard
-//! of them, so the functions below must never change for an existing cluster.
+//! # What a cluster is made of
+//!
+//! All work is split into N partitions, fixed when the cluster is created. A transfer lives
+//! on `H(transferId) mod N` ([`routing`]). Three topics carry everything durable
+//! ([`ClusterTopics`]):
+//!
+//! * `commands` (N partitions): what gateways ask of partition p, in the order p applies it;
+//! * `events` (N partitions): what partition p decided; the changelog p is rebuilt from;
+//! * `control` (1 partition): node heartbeats, assignments of partitions to nodes, drains.
+//!
+//! They live in a [`PartitionedLog`]: the in-process [`MemoryLog`] for the embedded hub and
+//! simulations, or Kafka ([`KafkaLog`]) for clusters. This crate is the only one that knows
+//! Kafka; the engine and the gateway see the trait.
+//!
+//! # Who owns a partition
+//!
+//! Every node folds the control log the same way ([`Ownership`]): an
+//! `Assign{partition, node, epoch, expected_epoch}` applies only if the partition's epoch
+//! at that place in the log is `expected_epoch` (compare-and-set by log order), so any
+//! number of operators, balancers and failure detectors can append assignments and all
+//! nodes agree on the winner. Heartbeats say which nodes are live (a configured timeout),
+//! which record formats they read, and which partitions they keep warm standby copies of.
+//! The [`balancer`] plans the assignments: spread evenly moving as few partitions as
+//! possible, drain a node, fail a dead node's partitions over to live nodes (warm standbys
+//! first), move one partition.
+//!
+//! # Why a stale owner cannot do harm
+//!
+//! A node can keep writing after it lost a partition (a pause, a network partition, a
+//! control log it has not read yet). Kafka's group membership does not stop it. The
+//! fence is in the event log itself ([`validity`]): the new owner of p at epoch e first
+//! appends an `Epoch(e)` marker to `events[p]`, and a record of `events[p]` counts only if
+//! its epoch equals the latest marker before it. The stale owner's later records carry
+//! the old epoch and sit after the new marker: every reader ignores them. The only public
+//! way to read the event log ([`EventReader`], [`EventFilter`]) applies that rule; the
+//! event records have no other public decoder.
+//!
+//! # Records
+//!
+//! Every record this crate writes is the engine's envelope (`0xC1 | kind tag | version |
+//! MessagePack body`) with kind tags in `0x40..=0x7F` ([`records`]), pinned by golden
+//! bytes, so that tools outside the project can read the logs. A foreign, truncated,
+//! garbled or future-version record is refused with an error naming topic, partition and
+//! offset ([`ShardingError::Record`]); readers stop there and never skip it.
+//!
+//! # Testing against Kafka
+//!
+//! `cargo test -p sharding` runs the Kafka log against librdkafka's built-in mock cluster
+//! and against a real Kafka-protocol broker process ([`local_broker`]: `tansu`, installed by
+//! `.ci/setup/20-kafka-broker.sh`; the test fails, saying how to install it, if it is
+//! missing).
 
+mod error;
+pub mod limits;
+pub mod log;
+pub mod memory_log;
+pub mod records;
 pub mod routing;
+pub mod validity;
 
+pub use error::ShardingError;
+pub use log::{ClusterTopics, LogFuture, LogRecord, PartitionedLog, ReadBound, TopicSpec};
+pub use memory_log::MemoryLog;
+pub use records::{
+    encode_epoch_marker, encode_event_frame, Assign, AssignReason, ControlRecord, Drain, Epoch,
+    FormatRange, Heartbeat, NodeId, RecordError, RecordKind,
+};
 pub use routing::{home_partition, route_hash, transfer_partition, PartitionCount, PARTITIONS_MAX};
+pub use validity::{
+    EventCursor, EventFilter, EventItem, EventReader, EventWriter, MarkerSeen, ValidEvent,
+};

@@ -52,17 +52,22 @@
 //! `.ci/setup/20-kafka-broker.sh`; the test fails, saying how to install it, if it is
 //! missing).
 
+pub mod balancer;
+pub mod control_log;
 mod error;
 pub mod limits;
 pub mod log;
 pub mod memory_log;
+pub mod ownership;
 pub mod records;
 pub mod routing;
 pub mod validity;
 
+pub use control_log::ControlLog;
 pub use error::ShardingError;
 pub use log::{ClusterTopics, LogFuture, LogRecord, PartitionedLog, ReadBound, TopicSpec};
 pub use memory_log::MemoryLog;
+pub use ownership::{Applied, AssignRefusal, NodeStatus, Ownership, PartitionOwner};
 pub use records::{
     encode_epoch_marker, encode_event_frame, Assign, AssignReason, ControlRecord, Drain, Epoch,
     FormatRange, Heartbeat, NodeId, RecordError, RecordKind,

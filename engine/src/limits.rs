@@ -76,7 +76,7 @@ pub const DEFAULT: Limits = Limits {
     outbox_events_max: 65_536,
     peer_reorder_window_max: 100_000,
     sled_cache_bytes: 256 * 1024 * 1024,
-    wal_segment_bytes: crate::storage::wal::SEGMENT_BYTES_MAX,
+    wal_segment_bytes: SEGMENT_BYTES_MAX,
     archive_filter_bytes_max: 128 * 1024 * 1024,
 };
 
@@ -109,6 +109,57 @@ pub const ADMIN_RETRY_WAIT_MS: u64 = 20;
 /// Bound on queued read queries per partition.
 pub const QUERY_QUEUE_MAX: usize = 1_024;
 
+// ----- the partition actor -------------------------------------------------------------
+
+/// Batches applied ahead of durability, per partition: batch k+1 is applied while batch
+/// k is being synced.
+pub const PIPELINE_DEPTH_MAX: usize = 2;
+/// An idle actor wakes at least this often (to offer results the event channel had no
+/// room for).
+pub const IDLE_TURN_MS: u64 = 50;
+
+/// A batch's encoding buffer keeps at most this much capacity between batches (a rare
+/// huge batch does not pin its memory for good).
+pub const WAL_BUFFER_RETAINED_BYTES_MAX: usize = 8 << 20;
+
+// ----- storage: the WAL -----------------------------------------------------------------
+
+/// Default size at which the log rolls to a new segment file.
+pub const SEGMENT_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Largest frame body (a group commit's encoded batch).
+pub const BODY_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+// ----- storage: sled (snapshots, registry, archive) -------------------------------------
+
+/// Largest value written to sled in one piece.
+///
+/// sled 0.34 writes any page larger than `segment_size / 4` as a separate blob file and
+/// never fsyncs blob files, so a blob would escape our fdatasync of the data file. A leaf
+/// page holds at most 17 entries before it splits, so pages stay below
+/// `17 * CHUNK_BYTES_MAX` (about 1.1 MiB), far under the 4 MiB threshold of
+/// [`SEGMENT_BYTES`]. A test checks that no blob file is ever written.
+pub const CHUNK_BYTES_MAX: usize = 64 * 1024;
+/// sled segment size (a power of two); sets the blob threshold above.
+pub const SEGMENT_BYTES: usize = 16 * 1024 * 1024;
+/// Largest encoded batch or snapshot, in chunks (4 GiB at 64 KiB per chunk).
+pub const CHUNKS_MAX: usize = 65_535;
+/// How long opening a sled database waits for the file lock of a handle just dropped.
+/// sled lets go of its lock only when its background threads have let go of the
+/// database, a moment after the last handle is dropped, so a reopen in the same process
+/// (a test, or an embedded hub stopped and started again) can find it still held. A lock
+/// still held after this (another process has the directory) refuses the open.
+pub const SLED_LOCK_WAIT_MS_MAX: u64 = 2_000;
+/// Pause between two attempts to take that lock.
+pub const SLED_LOCK_RETRY_MS: u64 = 10;
+
+/// Runs of one level merged together into one run of the next level.
+pub const FAN_IN: usize = 8;
+/// Largest encoded finished transfer (they are a few hundred bytes; a larger one means a
+/// bug, and would break the chunk size bound that keeps sled from writing blob files).
+pub const RECORD_BYTES_MAX: usize = CHUNK_BYTES_MAX / 16;
+/// Chunk keys removed per sled batch when a run is deleted.
+pub const DELETE_KEYS_PER_BATCH_MAX: usize = 4_096;
+
 // ----- relations between the bounds, checked when the engine is compiled -----------------
 
 // One borrow per parked prepare plus a tick must always fit in a partition's peer lane.
@@ -127,6 +178,19 @@ const _: () = assert!(ARCHIVE_JOBS_PER_SYNC_MAX >= ARCHIVE_QUEUE_BATCHES_MAX);
 // is told the hub is overloaded.
 const _: () = assert!(ADMIN_SUBMIT_ATTEMPTS_MAX as u64 * ADMIN_RETRY_WAIT_MS <= 5_000);
 const _: () = assert!(DEFAULT.centralise_exit_pct > 0 && DEFAULT.centralise_exit_pct <= 100);
+// Pipelining needs at least the batch being synced and the one being applied.
+const _: () = assert!(PIPELINE_DEPTH_MAX >= 1);
+// The default WAL segment is within the largest a segment may be, and a frame's body
+// fits a segment's `u32` length field.
+const _: () = assert!(DEFAULT.wal_segment_bytes <= SEGMENT_BYTES_MAX);
+const _: () = assert!(BODY_BYTES_MAX as u64 <= u32::MAX as u64);
+// sled's blob threshold is segment_size / 4: a leaf page of 17 chunks must stay under it
+// (see CHUNK_BYTES_MAX), and an archived record fits a chunk many times over.
+const _: () = assert!(17 * CHUNK_BYTES_MAX < SEGMENT_BYTES / 4);
+const _: () = assert!(RECORD_BYTES_MAX * 16 <= CHUNK_BYTES_MAX);
+const _: () = assert!(SEGMENT_BYTES.is_power_of_two());
+// A reopen waits for sled's lock in at least a few attempts.
+const _: () = assert!(SLED_LOCK_RETRY_MS * 10 <= SLED_LOCK_WAIT_MS_MAX);
 
 impl Limits {
     /// Checks a configuration the operator gave: every bound positive and the relations
@@ -152,6 +216,11 @@ impl Limits {
         }
         if self.retention_ms <= 0 || self.idle_return_ms >= self.retention_ms {
             return Err("retention_ms must be positive and above idle_return_ms".into());
+        }
+        if self.wal_segment_bytes > SEGMENT_BYTES_MAX {
+            return Err(format!(
+                "wal_segment_bytes must be at most {SEGMENT_BYTES_MAX}"
+            ));
         }
         if !(1..=100).contains(&self.centralise_exit_pct) {
             return Err("centralise_exit_pct must be 1..=100".into());

@@ -3,6 +3,7 @@
 //! produced, strictly in batch order). See the module docs of `runtime` for the loop.
 
 use super::*;
+use crate::limits::{IDLE_TURN_MS, PIPELINE_DEPTH_MAX};
 
 pub(super) struct Actor {
     pub(super) partition: u32,
@@ -64,13 +65,6 @@ impl Answer {
         }
     }
 }
-
-/// Batches applied ahead of durability, per partition: batch k+1 is applied while batch
-/// k is being synced.
-pub(super) const PIPELINE_DEPTH_MAX: usize = 2;
-/// An idle actor wakes at least this often (to offer results the event channel had no
-/// room for).
-pub(super) const IDLE_TURN_MS: u64 = 50;
 
 impl Actor {
     /// Builds the running actor around its core and runs it until shutdown or a stop.

@@ -33,7 +33,7 @@
 use super::outbox::Outbox;
 use crate::command::{Command, Event, FinishedTransfer, TimestampMs};
 use crate::ids::TransferId;
-use crate::limits::Limits;
+use crate::limits::{Limits, WAL_BUFFER_RETAINED_BYTES_MAX};
 use crate::machine::{Outgoing, Output, PartitionState};
 use crate::storage::Storage;
 // Taken through the runtime's imports, which exist for this (the actor's batch encoding
@@ -146,10 +146,6 @@ pub struct Core {
     wal_buffer: Vec<u8>,
     fault: CoreFault,
 }
-
-/// A batch's encoding buffer keeps at most this much capacity between batches (a rare
-/// huge batch does not pin its memory for good).
-const WAL_BUFFER_RETAINED_BYTES_MAX: usize = 8 << 20;
 
 impl Core {
     /// A core over a state recovered (or new), with what recovery rebuilt around it.

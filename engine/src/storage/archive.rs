@@ -48,13 +48,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
-/// Runs of one level merged together into one run of the next level.
-pub const FAN_IN: usize = 8;
-/// Largest encoded finished transfer (they are a few hundred bytes; a larger one means a
-/// bug, and would break the chunk size bound that keeps sled from writing blob files).
-pub const RECORD_BYTES_MAX: usize = CHUNK_BYTES_MAX / 16;
-/// Chunk keys removed per sled batch when a run is deleted.
-const DELETE_KEYS_PER_BATCH_MAX: usize = 4_096;
+pub use crate::limits::{DELETE_KEYS_PER_BATCH_MAX, FAN_IN, RECORD_BYTES_MAX};
 
 const META_PREFIX: u8 = b'm';
 const CHUNK_PREFIX: u8 = b'c';

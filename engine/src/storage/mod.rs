@@ -51,26 +51,9 @@ pub mod archive;
 pub mod wal;
 pub use archive::ArchiveStats;
 
-/// Largest value written to sled in one piece.
-///
-/// sled 0.34 writes any page larger than `segment_size / 4` as a separate blob file and
-/// never fsyncs blob files, so a blob would escape our fdatasync of the data file. A leaf
-/// page holds at most 17 entries before it splits, so pages stay below
-/// `17 * CHUNK_BYTES_MAX` (about 1.1 MiB), far under the 4 MiB threshold of
-/// [`SEGMENT_BYTES`]. A test checks that no blob file is ever written.
-pub const CHUNK_BYTES_MAX: usize = 64 * 1024;
-/// sled segment size (a power of two); sets the blob threshold above.
-pub const SEGMENT_BYTES: usize = 16 * 1024 * 1024;
-/// Largest encoded batch or snapshot, in chunks (4 GiB at 64 KiB per chunk).
-pub const CHUNKS_MAX: usize = 65_535;
-/// How long opening a sled database waits for the file lock of a handle just dropped.
-/// sled lets go of its lock only when its background threads have let go of the
-/// database, a moment after the last handle is dropped, so a reopen in the same process
-/// (a test, or an embedded hub stopped and started again) can find it still held. A lock
-/// still held after this (another process has the directory) refuses the open.
-pub const SLED_LOCK_WAIT_MS_MAX: u64 = 2_000;
-/// Pause between two attempts to take that lock.
-const SLED_LOCK_RETRY_MS: u64 = 10;
+pub use crate::limits::{
+    CHUNKS_MAX, CHUNK_BYTES_MAX, SEGMENT_BYTES, SLED_LOCK_RETRY_MS, SLED_LOCK_WAIT_MS_MAX,
+};
 
 const RECORD_MAGIC: u8 = b'W';
 const RECORD_VERSION: u8 = 1;

@@ -69,10 +69,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// Default size at which the log rolls to a new segment file.
-pub const SEGMENT_BYTES_MAX: u64 = 64 * 1024 * 1024;
-/// Largest frame body (a group commit's encoded batch).
-pub const BODY_BYTES_MAX: usize = 256 * 1024 * 1024;
+pub use crate::limits::{BODY_BYTES_MAX, SEGMENT_BYTES_MAX};
 
 /// The frame format version, also the last byte of every frame's magic.
 pub const FORMAT_VERSION: u32 = 2;

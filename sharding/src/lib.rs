@@ -55,7 +55,9 @@
 pub mod balancer;
 pub mod control_log;
 mod error;
+pub mod kafka;
 pub mod limits;
+pub mod local_broker;
 pub mod log;
 pub mod memory_log;
 pub mod ownership;
@@ -65,6 +67,7 @@ pub mod validity;
 
 pub use control_log::ControlLog;
 pub use error::ShardingError;
+pub use kafka::{KafkaConfig, KafkaLog};
 pub use log::{ClusterTopics, LogFuture, LogRecord, PartitionedLog, ReadBound, TopicSpec};
 pub use memory_log::MemoryLog;
 pub use ownership::{Applied, AssignRefusal, NodeStatus, Ownership, PartitionOwner};

@@ -277,7 +277,18 @@ pub(crate) struct MarkerBody {
 #[derive(Serialize)]
 struct FrameRef<'a> {
     epoch: Epoch,
-    payload: &'a [u8],
+    payload: Bin<'a>,
+}
+
+/// Bytes written as MessagePack `bin` whatever their length or values (a plain slice of
+/// few small bytes would be written as an array), so that outside readers always find
+/// `bin` there.
+struct Bin<'a>(&'a [u8]);
+
+impl Serialize for Bin<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
 }
 
 #[derive(Deserialize)]
@@ -325,11 +336,16 @@ pub fn encode_epoch_marker(
 /// One event record of the owner at `epoch`: the engine's `payload`, framed.
 pub fn encode_event_frame(epoch: Epoch, payload: &[u8]) -> Result<Vec<u8>, ShardingError> {
     let kind = RecordKind::EventFrame;
-    let bytes = envelope::encode(kind, &FrameRef { epoch, payload }).map_err(|source| {
-        ShardingError::Encode {
-            kind: kind.name(),
-            source,
-        }
+    let bytes = envelope::encode(
+        kind,
+        &FrameRef {
+            epoch,
+            payload: Bin(payload),
+        },
+    )
+    .map_err(|source| ShardingError::Encode {
+        kind: kind.name(),
+        source,
     })?;
     check_size(kind, bytes)
 }

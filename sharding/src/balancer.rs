@@ -377,6 +377,51 @@ mod tests {
     }
 
     #[test]
+    fn only_live_undrained_nodes_that_read_the_formats_are_eligible() {
+        use crate::records::{ControlRecord, Drain, FormatRange, Heartbeat};
+        use crate::routing::PartitionCount;
+        use std::time::Duration;
+        let count = PartitionCount::new(2).expect("count");
+        let mut fold = Ownership::new(count, Duration::from_millis(100));
+        let beat = |id: &str, newest: u8| {
+            ControlRecord::Heartbeat(Heartbeat {
+                node: node(id),
+                sent_at_ms: 0,
+                formats: vec![FormatRange {
+                    kind: 0x51,
+                    oldest: 1,
+                    newest,
+                }],
+                warm: vec![],
+            })
+        };
+        fold.apply(0, &beat("old", 1), 1_000);
+        fold.apply(1, &beat("new", 2), 1_000);
+        fold.apply(2, &beat("gone", 2), 0);
+        fold.apply(3, &beat("drained", 2), 1_000);
+        let drain = Drain {
+            node: node("drained"),
+            drained: true,
+        };
+        fold.apply(4, &ControlRecord::Drain(drain), 1_000);
+        let needs = [FormatNeed {
+            kind: 0x51,
+            version: 2,
+        }];
+        let view = ClusterView::from_ownership(&fold, 1_050, &needs);
+        let eligible: Vec<&str> = view
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.eligible)
+            .map(|(id, _)| id.as_str())
+            .collect();
+        assert_eq!(eligible, ["new"], "old reads only version 1, gone is dead");
+        let plan = plan_failover(&view);
+        assert!(plan.iter().all(|a| a.node == node("new")));
+        assert_eq!(plan.len(), 2);
+    }
+
+    #[test]
     fn drain_and_move_refuse_what_cannot_be_done() {
         let v = view(
             &[Some("a"), Some("a")],

@@ -89,12 +89,13 @@ pub enum ShardingError {
     #[error("producer queue for {topic}[{partition}] stayed full")]
     Overloaded { topic: String, partition: u32 },
     /// A Kafka client call failed. For an append the records may or may not be in the log:
-    /// the caller must stop the partition rather than assume either.
+    /// the caller must stop the partition rather than assume either. (The source is the
+    /// Kafka client's error, boxed so that no other crate depends on the client's types.)
     #[error("kafka {op} failed for {target}: {source}")]
     Kafka {
         op: &'static str,
         target: String,
-        source: rdkafka::error::KafkaError,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("{op} timed out after {after_ms} ms")]
     Timeout { op: String, after_ms: u64 },

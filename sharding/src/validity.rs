@@ -419,6 +419,35 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_superseded_owner_sees_it_after_its_restore() {
+        use crate::log::TopicSpec;
+        use crate::MemoryLog;
+        let log = Arc::new(MemoryLog::new());
+        let spec = TopicSpec {
+            name: "events".to_owned(),
+            partitions: 1,
+        };
+        log.create_topics_now(&[spec]).expect("topic");
+        let log: Arc<dyn PartitionedLog> = log;
+        // The owner of epoch 5 fenced first; the slow node assigned epoch 4 fences after.
+        let newer = EventWriter::new(Arc::clone(&log), "events", 0, node("b"), Epoch(5));
+        newer.write_marker().await.expect("marker");
+        let slow = EventWriter::new(Arc::clone(&log), "events", 0, node("a"), Epoch(4));
+        let mine = slow.write_marker().await.expect("marker");
+        let mut reader = EventReader::new(Arc::clone(&log), "events", 0, EventCursor::START);
+        reader
+            .replay_to(mine + 1, |_| Ok(()))
+            .await
+            .expect("restore");
+        assert_eq!(
+            reader.cursor().epoch,
+            Some(Epoch(5)),
+            "not the slow node's epoch"
+        );
+        assert_eq!(reader.ignored(), 1, "its marker did not count");
+    }
+
     #[test]
     fn a_cursor_resumes_with_its_epoch() {
         let mut filter = EventFilter::new(

@@ -156,7 +156,7 @@ pub(crate) fn kafka_error(
     ShardingError::Kafka {
         op,
         target: target.into(),
-        source,
+        source: Box::new(source),
     }
 }
 

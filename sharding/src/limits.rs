@@ -80,6 +80,14 @@ pub const READ_QUEUE_KBYTES_MAX: u32 = 16 * 1024;
 /// own wait is over, so it never overshoots that wait by more than one slice.
 pub const READ_POLL_SLICE_MS: u64 = 20;
 
+/// How long the read that confirms a partition's end offset waits for the broker's
+/// answer (it ends at once when the broker says "end of partition").
+pub const END_PROBE_WAIT_MS: u64 = 500;
+
+/// Reads that confirmation makes at most: a partition still being appended to is chased
+/// this far, no further (an end offset is a moment's answer anyway).
+pub const END_PROBE_READS_MAX: u32 = 4;
+
 /// Records one read returns at most, whatever the caller asks.
 pub const READ_RECORDS_MAX: usize = 10_000;
 

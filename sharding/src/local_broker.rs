@@ -18,7 +18,9 @@
 //!
 //! What the broker is good for, and what not: produce, fetch, topics created through the
 //! admin API, offsets, simple consumer groups. It is not an oracle for Kafka transactions
-//! or rebalance races (neither is needed by the epoch rule).
+//! or rebalance races (neither is needed by the epoch rule). Its high watermark after a
+//! multi-record batch is wrong (the batch's first offset + 1); [`crate::KafkaLog`]'s end
+//! offset does not rely on it.
 
 use crate::limits::{BROKER_START_POLL_MS, BROKER_START_TIMEOUT_MS, BROKER_STOP_TIMEOUT_MS};
 use crate::ShardingError;

@@ -5,6 +5,11 @@
 //! by the crate's own admin client with explicit partition counts (the broker does not
 //! auto-create). If the broker binary is not installed the test fails, saying how to
 //! install it (`.ci/setup/20-kafka-broker.sh`); CI installs it.
+//!
+//! A gap of this broker build that the test covers: it reports the high watermark after a
+//! multi-record batch as the batch's first offset + 1 (1 after a batch of 10 records at
+//! offsets 0-9). `KafkaLog::end_offset` confirms the watermark with a read there, so the
+//! end offset is right on this broker as on Kafka (`produce_and_consume` checks it).
 
 mod common;
 

@@ -185,6 +185,37 @@ impl Inner {
         ))
     }
 
+    /// The partition's end offset: its high watermark, confirmed by a read there. Some
+    /// Kafka-compatible brokers (the tansu build the tests use) report the high watermark
+    /// of a multi-record batch as the batch's first offset + 1; a read at the reported end
+    /// that finds records moves the end past them. On a broker that reports it right, the
+    /// read costs one fetch that ends at once with "end of partition".
+    fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, ShardingError> {
+        let (_, mut end) = self.watermarks(topic, partition)?;
+        let bound = ReadBound::new(READ_RECORDS_MAX, REPLAY_READ_BYTES);
+        let wait = Duration::from_millis(END_PROBE_WAIT_MS);
+        for _ in 0..END_PROBE_READS_MAX {
+            let found = match self.readers.read(
+                topic,
+                partition,
+                end,
+                bound,
+                wait,
+                read::ReadMode::UntilEnd,
+            ) {
+                Ok(found) => found,
+                Err(read::ReadError::Failed(err)) => return Err(err),
+                // Trimmed or truncated meanwhile: the watermark is the answer.
+                Err(read::ReadError::OutOfRange) => return Ok(end),
+            };
+            match found.last() {
+                Some(last) => end = last.offset + 1,
+                None => break,
+            }
+        }
+        Ok(end)
+    }
+
     /// The topic's partition count, `None` if the brokers do not know the topic.
     fn partition_count(&self, topic: &str) -> Result<Option<u32>, ShardingError> {
         let metadata = self
@@ -361,7 +392,10 @@ impl PartitionedLog for KafkaLog {
         let (bound, wait) = clamp_read(bound, wait);
         let topic = topic.to_owned();
         Box::pin(self.blocking("read", move |inner| {
-            match inner.readers.read(&topic, partition, from, bound, wait) {
+            match inner
+                .readers
+                .read(&topic, partition, from, bound, wait, read::ReadMode::Wait)
+            {
                 Ok(records) if !records.is_empty() => Ok(records),
                 Ok(_) => {
                     // Nothing came: either nothing is there yet, or `from` is outside the
@@ -397,7 +431,7 @@ impl PartitionedLog for KafkaLog {
     fn end_offset<'a>(&'a self, topic: &'a str, partition: u32) -> LogFuture<'a, u64> {
         let topic = topic.to_owned();
         Box::pin(self.blocking("end offset", move |inner| {
-            inner.watermarks(&topic, partition).map(|(_, high)| high)
+            inner.end_offset(&topic, partition)
         }))
     }
 

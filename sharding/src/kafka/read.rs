@@ -25,6 +25,15 @@ struct Reader {
     held: Option<LogRecord>,
 }
 
+/// How a read ends when it has nothing yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ReadMode {
+    /// Wait for the first record until the read's wait is over.
+    Wait,
+    /// Return as soon as the broker says the end of the partition is reached.
+    UntilEnd,
+}
+
 pub(super) struct ReaderPool {
     readers: Vec<Mutex<Reader>>,
 }
@@ -84,12 +93,16 @@ impl ReaderPool {
         from: u64,
         bound: ReadBound,
         wait: Duration,
+        mode: ReadMode,
     ) -> Result<Vec<LogRecord>, ReadError> {
         let mut reader = self.take(topic, partition, from);
-        let positioned = reader
-            .at
-            .as_ref()
-            .is_some_and(|(t, p, o)| t == topic && *p == partition && *o == from);
+        // A probe re-assigns, so that the broker's answer at the end of the log comes as a
+        // fresh end-of-partition event (librdkafka signals it once per arrival there).
+        let positioned = mode == ReadMode::Wait
+            && reader
+                .at
+                .as_ref()
+                .is_some_and(|(t, p, o)| t == topic && *p == partition && *o == from);
         let mut out = Vec::new();
         let mut bytes = 0usize;
         if positioned {
@@ -149,7 +162,7 @@ impl ReaderPool {
                     out.push(record);
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {
-                    if !out.is_empty() || Instant::now() >= deadline {
+                    if !out.is_empty() || mode == ReadMode::UntilEnd || Instant::now() >= deadline {
                         break;
                     }
                 }

@@ -80,6 +80,11 @@ pub async fn produce_and_consume(log: Arc<dyn PartitionedLog>, topics: &ClusterT
         (0..10).collect::<Vec<u64>>(),
         "a fresh partition starts at 0"
     );
+    assert_eq!(
+        log.end_offset(&topics.commands, 2).await.expect("end"),
+        10,
+        "the end after a multi-record append"
+    );
     let more = log
         .append(&topics.commands, 2, vec![b"x".to_vec()])
         .await
@@ -168,9 +173,7 @@ pub async fn produce_and_consume(log: Arc<dyn PartitionedLog>, topics: &ClusterT
 /// What a reader from the start of `events[partition]` accepts: the payloads of valid
 /// events, and the epochs of the markers it counted.
 ///
-/// `end` is the offset after the last record written, as the writers' appends returned it
-/// (not the log's end offset: the tansu broker under test reports a wrong high watermark
-/// after a multi-record batch, see `tests/kafka_broker.rs`).
+/// `end` is the offset after the last record written, as the writers' appends returned it.
 pub async fn valid_payloads(
     log: Arc<dyn PartitionedLog>,
     topics: &ClusterTopics,

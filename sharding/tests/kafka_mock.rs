@@ -91,3 +91,55 @@ async fn an_unknown_topic_is_not_created_by_using_it() {
     let err = log.partition_count("nosuch").await.expect_err("unknown");
     assert!(matches!(err, ShardingError::UnknownTopic { .. }), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_errors_are_retried_without_loss_or_duplicates() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = mock();
+    let (log, topics) = mock_log(&mock, "retry.");
+    // Warm up (metadata, producer id), then make the next produce requests fail with
+    // errors the idempotent producer retries.
+    log.append(&topics.events, 0, vec![b"first".to_vec()])
+        .await
+        .expect("append");
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+        ],
+    );
+    let batch: Vec<Vec<u8>> = (0..50u32).map(|i| i.to_be_bytes().to_vec()).collect();
+    let offsets = log
+        .append(&topics.events, 0, batch.clone())
+        .await
+        .expect("append through the errors");
+    assert_eq!(offsets, (1..=50).collect::<Vec<u64>>());
+    let back = common::read_all(log.as_ref(), &topics.events, 0, 1, 51).await;
+    let payloads: Vec<Vec<u8>> = back.into_iter().map(|r| r.payload).collect();
+    assert_eq!(payloads, batch, "each record once, in order");
+    assert_eq!(log.end_offset(&topics.events, 0).await.expect("end"), 51);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_produce_is_an_error_of_the_append() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = mock();
+    let (log, topics) = mock_log(&mock, "refused.");
+    log.append(&topics.commands, 1, vec![b"warm".to_vec()])
+        .await
+        .expect("append");
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    let err = log
+        .append(&topics.commands, 1, vec![b"refused".to_vec()])
+        .await
+        .expect_err("the broker refused it");
+    assert!(
+        matches!(&err, ShardingError::Kafka { op: "produce", target, .. } if target == "refused.commands[1]"),
+        "{err}"
+    );
+}

@@ -66,6 +66,9 @@ pub const PRODUCE_QUEUE_FULL_RETRIES: u32 = 500;
 /// stopped reuses that consumer's buffered records instead of fetching again.
 pub const READ_CONSUMERS: usize = 4;
 
+/// Most read consumers one Kafka log may be configured with.
+pub const READ_CONSUMERS_MAX: usize = 64;
+
 /// How long a broker may hold a fetch that has no data yet (`fetch.wait.max.ms`): the
 /// latency of a tailing reader when records arrive.
 pub const READ_FETCH_WAIT_MS: u32 = 10;

@@ -63,6 +63,9 @@ pub struct KafkaConfig {
     pub topic_settings: Vec<(String, String)>,
     /// Extra librdkafka settings for every client (TLS, SASL, test overrides).
     pub client_settings: Vec<(String, String)>,
+    /// Consumers serving reads ([`READ_CONSUMERS`] by default): the number of reads that
+    /// run at once. A read beyond them waits for one to finish (at most its wait).
+    pub read_consumers: usize,
 }
 
 impl KafkaConfig {
@@ -73,6 +76,7 @@ impl KafkaConfig {
             replication_factor: 3,
             topic_settings: vec![("retention.ms".to_owned(), "-1".to_owned())],
             client_settings: Vec::new(),
+            read_consumers: READ_CONSUMERS,
         }
     }
 
@@ -258,7 +262,14 @@ impl KafkaLog {
             .admin()
             .create()
             .map_err(|source| kafka_error("create admin client", &config.brokers, source))?;
-        let readers = read::ReaderPool::new(&config.reader(), &config.brokers)?;
+        if config.read_consumers == 0 || config.read_consumers > READ_CONSUMERS_MAX {
+            return Err(ShardingError::Config(format!(
+                "read_consumers {}: 1 to {READ_CONSUMERS_MAX}",
+                config.read_consumers
+            )));
+        }
+        let readers =
+            read::ReaderPool::new(&config.reader(), &config.brokers, config.read_consumers)?;
         Ok(KafkaLog {
             inner: Arc::new(Inner {
                 config,

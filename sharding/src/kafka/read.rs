@@ -6,7 +6,7 @@
 //! a free consumer to its partition and offset, which drops that consumer's buffer.
 
 use super::kafka_error;
-use crate::limits::{READ_CONSUMERS, READ_POLL_SLICE_MS};
+use crate::limits::READ_POLL_SLICE_MS;
 use crate::log::{LogRecord, ReadBound};
 use crate::ShardingError;
 use rdkafka::config::ClientConfig;
@@ -49,8 +49,12 @@ fn lock(reader: &Mutex<Reader>) -> MutexGuard<'_, Reader> {
 }
 
 impl ReaderPool {
-    pub(super) fn new(config: &ClientConfig, brokers: &str) -> Result<ReaderPool, ShardingError> {
-        let readers = (0..READ_CONSUMERS)
+    pub(super) fn new(
+        config: &ClientConfig,
+        brokers: &str,
+        count: usize,
+    ) -> Result<ReaderPool, ShardingError> {
+        let readers = (0..count)
             .map(|_| {
                 let consumer: BaseConsumer = config
                     .create()

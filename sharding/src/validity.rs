@@ -226,7 +226,8 @@ impl EventReader {
     }
 
     /// The valid items among the next records, waiting up to `wait` for the first one.
-    /// Empty when nothing came, or when everything read was ignored.
+    /// Empty when nothing came, or when everything read was ignored. A record that cannot
+    /// be read is an error once the valid items before it have been returned.
     pub async fn next(
         &mut self,
         bound: ReadBound,
@@ -239,8 +240,13 @@ impl EventReader {
             .await?;
         let mut items = Vec::with_capacity(records.len());
         for record in records {
-            if let Some(item) = self.filter.admit(record)? {
-                items.push(item);
+            match self.filter.admit(record) {
+                Ok(Some(item)) => items.push(item),
+                Ok(None) => {}
+                // The valid items before a bad record are returned first; the cursor stays
+                // before the bad record, so the next call reports it.
+                Err(err) if items.is_empty() => return Err(err),
+                Err(_) => break,
             }
         }
         Ok(items)
@@ -446,6 +452,37 @@ mod tests {
             "not the slow node's epoch"
         );
         assert_eq!(reader.ignored(), 1, "its marker did not count");
+    }
+
+    #[tokio::test]
+    async fn next_returns_the_valid_items_before_a_bad_record_then_the_error() {
+        use crate::log::TopicSpec;
+        use crate::MemoryLog;
+        let memory = Arc::new(MemoryLog::new());
+        let spec = TopicSpec {
+            name: "events".to_owned(),
+            partitions: 1,
+        };
+        memory.create_topics_now(&[spec]).expect("topic");
+        let records = vec![
+            marker(0, 0, 1).payload,
+            frame(1, 1, b"kept").payload,
+            b"garbage".to_vec(),
+            frame(3, 1, b"after").payload,
+        ];
+        memory.append_now("events", 0, records).expect("append");
+        let log: Arc<dyn PartitionedLog> = memory;
+        let mut reader = EventReader::new(log, "events", 0, EventCursor::START);
+        let bound = ReadBound::new(100, 1 << 20);
+        let wait = Duration::from_millis(10);
+        let items = reader.next(bound, wait).await.expect("the valid prefix");
+        assert_eq!(items.len(), 2, "marker and the kept event");
+        let err = reader
+            .next(bound, wait)
+            .await
+            .expect_err("then the bad record");
+        assert!(err.to_string().contains("events[0] offset 2"), "{err}");
+        assert_eq!(reader.cursor().next_offset, 2);
     }
 
     #[test]

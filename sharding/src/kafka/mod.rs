@@ -11,7 +11,9 @@
 //! loss of a broker. Records of one append are queued together and go out in produce
 //! batches bounded by [`PRODUCE_LINGER_MS`], [`PRODUCE_BATCH_RECORDS_MAX`] and
 //! [`PRODUCE_BATCH_BYTES_MAX`]; the local queue is bounded too, and a full one is waited on
-//! for a bounded time, then reported as [`ShardingError::Overloaded`].
+//! for a bounded time, then reported as [`ShardingError::Overloaded`]. A fatal producer
+//! error (the idempotent producer's sequence broken, say) makes every later append fail:
+//! the owner stops its partitions and a fresh `KafkaLog` is needed.
 //!
 //! # Reading
 //!

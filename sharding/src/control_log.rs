@@ -40,7 +40,8 @@ impl ControlLog {
 
     /// Reads what follows `ownership`'s position (waiting up to `wait` for the first
     /// record) and applies it, told of at `now_ms`. Returns what each record did. A record
-    /// that cannot be read stops the fold before it, with an error naming its offset.
+    /// that cannot be read stops the fold before it: the records before it are applied and
+    /// returned, and the next call fails with an error naming its offset.
     pub async fn catch_up(
         &self,
         ownership: &mut Ownership,
@@ -57,10 +58,17 @@ impl ControlLog {
                 wait,
             )
             .await?;
-        records
-            .iter()
-            .map(|record| ownership.apply_log_record(&self.topic, record, now_ms))
-            .collect()
+        let mut applied = Vec::with_capacity(records.len());
+        for record in &records {
+            match ownership.apply_log_record(&self.topic, record, now_ms) {
+                Ok(outcome) => applied.push(outcome),
+                // What applied before the bad record is returned first; the fold stays
+                // before it, so the next call reports it.
+                Err(err) if applied.is_empty() => return Err(err),
+                Err(_) => break,
+            }
+        }
+        Ok(applied)
     }
 
     /// Applies everything up to the control log's end offset as of now.
@@ -97,5 +105,53 @@ impl ControlLog {
             applied.extend(step);
         }
         Ok(applied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{FormatRange, Heartbeat, NodeId};
+    use crate::routing::PartitionCount;
+    use crate::MemoryLog;
+
+    #[tokio::test]
+    async fn the_records_before_a_bad_one_apply_then_it_is_reported() {
+        let topics = ClusterTopics::new("", PartitionCount::new(2).expect("count"));
+        let memory = Arc::new(MemoryLog::new());
+        memory.create_topics_now(&topics.specs()).expect("topics");
+        let heartbeat = ControlRecord::Heartbeat(Heartbeat {
+            node: NodeId::new("a").expect("id"),
+            sent_at_ms: 0,
+            formats: FormatRange::sharding_formats(),
+            warm: vec![],
+        })
+        .encode()
+        .expect("encode");
+        memory
+            .append_now(
+                "control",
+                0,
+                vec![heartbeat.clone(), b"junk".to_vec(), heartbeat],
+            )
+            .expect("append");
+        let control = ControlLog::new(memory, &topics);
+        let mut fold = Ownership::new(topics.partitions, Duration::from_secs(1));
+        let wait = Duration::from_millis(10);
+        let first = control
+            .catch_up(&mut fold, 0, wait)
+            .await
+            .expect("the prefix");
+        assert_eq!(first.len(), 1);
+        let err = control
+            .catch_up(&mut fold, 0, wait)
+            .await
+            .expect_err("the junk");
+        assert!(
+            err.to_string()
+                .starts_with("record at control[0] offset 1 refused"),
+            "{err}"
+        );
+        assert_eq!(fold.next_offset(), 1);
     }
 }

@@ -37,6 +37,25 @@
 //! way to read the event log ([`EventReader`], [`EventFilter`]) applies that rule; the
 //! event records have no other public decoder.
 //!
+//! # A node's life, in calls of this crate
+//!
+//! 1. Start: `KafkaLog::new`, `create_topics(&topics.specs())` (idempotent; a wrong count is
+//!    refused), then an [`Ownership`] caught up with [`ControlLog::catch_up_to_end`].
+//! 2. Every heartbeat interval: append a [`Heartbeat`] (the formats it reads, the
+//!    partitions it keeps warm), and keep folding the control log.
+//! 3. When the fold assigns it partition p at epoch e: [`EventWriter::write_marker`] on
+//!    `events[p]`, replay `events[p]` with an [`EventReader`] to the marker's offset + 1
+//!    (from its local copy's [`EventCursor`], or from the start), check that the reader's
+//!    epoch is e (else a newer owner already fenced: do not take commands), then take
+//!    commands and write results with [`EventWriter::append`].
+//! 4. When the fold moves p away: stop taking its commands; whatever it still writes is
+//!    ignored by every reader.
+//! 5. Whoever watches liveness (every node may) plans [`balancer::plan_failover`] on a
+//!    [`balancer::ClusterView`] and appends the plan; operators append
+//!    [`balancer::plan_move`], [`balancer::plan_drain`] (after a [`Drain`] record) and
+//!    [`balancer::plan_rebalance`]. A plan from a stale view is refused by the fold, never
+//!    half-applied.
+//!
 //! # Records
 //!
 //! Every record this crate writes is the engine's envelope (`0xC1 | kind tag | version |

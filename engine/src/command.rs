@@ -237,6 +237,23 @@ impl Command {
             _ => None,
         }
     }
+
+    /// Bytes of the opaque payload the command carries (what dominates its size).
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            Command::Prepare { prepare, .. } => prepare.payload.len(),
+            Command::Fulfil { fulfil, .. } => fulfil.payload.len(),
+            Command::Reject { reject, .. } => reject.payload.len(),
+            Command::Tick { .. } | Command::Admin { .. } | Command::Peer { .. } => 0,
+        }
+    }
+
+    /// An upper bound of the command's share of its batch's WAL record: its payload plus
+    /// [`crate::limits::COMMAND_FIXED_BYTES_MAX`] for everything else (ids, amounts, the
+    /// archived record a duplicate check looked up). The actor cuts batches by it.
+    pub fn wal_bytes_max(&self) -> usize {
+        self.payload_bytes() + crate::limits::COMMAND_FIXED_BYTES_MAX
+    }
 }
 
 /// Final and intermediate transfer states, as FSPIOP names them.

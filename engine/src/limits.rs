@@ -6,6 +6,10 @@
 pub struct Limits {
     /// Group commit: at most this many commands are applied and made durable together.
     pub batch_size_max: usize,
+    /// Group commit: a batch takes no more client commands once their WAL bytes (payload
+    /// plus a fixed bound per command, `Command::wal_bytes_max`) reach this, so a burst of
+    /// large prepares never makes a record the WAL refuses (`BODY_BYTES_MAX`).
+    pub batch_bytes_max: usize,
     /// Group commit: after the first command arrives, wait at most this long for more.
     pub batch_wait_us: u64,
     /// Capacity of each partition actor's mailbox; a full mailbox answers "overloaded".
@@ -60,6 +64,7 @@ impl Default for Limits {
 /// between bounds are checked at compile time (below).
 pub const DEFAULT: Limits = Limits {
     batch_size_max: 8192,
+    batch_bytes_max: 64 * 1024 * 1024,
     batch_wait_us: 100,
     mailbox_capacity: 65_536,
     open_transfers_max: 1_000_000,
@@ -122,6 +127,11 @@ pub const IDLE_TURN_MS: u64 = 50;
 /// huge batch does not pin its memory for good).
 pub const WAL_BUFFER_RETAINED_BYTES_MAX: usize = 8 << 20;
 
+/// A command's WAL bytes apart from its payload are at most this (ids, names, amounts,
+/// hashes, the condition, and the archived record looked up for a duplicate check: a few
+/// hundred bytes in MessagePack, FSP names and currencies being short and bounded).
+pub const COMMAND_FIXED_BYTES_MAX: usize = 1_024;
+
 // ----- storage: the WAL -----------------------------------------------------------------
 
 /// Default size at which the log rolls to a new segment file.
@@ -178,6 +188,16 @@ const _: () = assert!(ARCHIVE_JOBS_PER_SYNC_MAX >= ARCHIVE_QUEUE_BATCHES_MAX);
 // is told the hub is overloaded.
 const _: () = assert!(ADMIN_SUBMIT_ATTEMPTS_MAX as u64 * ADMIN_RETRY_WAIT_MS <= 5_000);
 const _: () = assert!(DEFAULT.centralise_exit_pct > 0 && DEFAULT.centralise_exit_pct <= 100);
+// The largest batch fits one WAL record: client commands up to batch_bytes_max, plus the
+// last one taken (at most one payload over), plus peer messages (as many as
+// batch_size_max, of fixed size), plus the record's own header.
+const _: () = assert!(
+    DEFAULT.batch_bytes_max
+        + DEFAULT.payload_bytes_max
+        + (2 * DEFAULT.batch_size_max + 1) * COMMAND_FIXED_BYTES_MAX
+        + 4_096
+        <= BODY_BYTES_MAX
+);
 // Pipelining needs at least the batch being synced and the one being applied.
 const _: () = assert!(PIPELINE_DEPTH_MAX >= 1);
 // The default WAL segment is within the largest a segment may be, and a frame's body
@@ -216,6 +236,17 @@ impl Limits {
         }
         if self.retention_ms <= 0 || self.idle_return_ms >= self.retention_ms {
             return Err("retention_ms must be positive and above idle_return_ms".into());
+        }
+        let batch_bytes_max = self
+            .batch_bytes_max
+            .checked_add(self.payload_bytes_max)
+            .and_then(|b| b.checked_add((2 * self.batch_size_max + 1) * COMMAND_FIXED_BYTES_MAX))
+            .and_then(|b| b.checked_add(4_096));
+        if self.batch_bytes_max == 0 || batch_bytes_max.is_none_or(|b| b > BODY_BYTES_MAX) {
+            return Err(format!(
+                "batch_bytes_max must be positive, and with payload_bytes_max and \
+                 batch_size_max commands of fixed size fit a WAL record of {BODY_BYTES_MAX} bytes"
+            ));
         }
         if self.wal_segment_bytes > SEGMENT_BYTES_MAX {
             return Err(format!(

@@ -817,3 +817,69 @@ async fn undelivered_results_are_published_again_after_a_restart() {
     );
     hub.shutdown().await.expect("clean shutdown");
 }
+
+/// A burst of large prepares queued at once must not make one WAL record larger than the
+/// log takes (`BODY_BYTES_MAX`): the batch is cut by size, every prepare is answered, and
+/// the partition keeps running. (A DFSP could once stop a partition for good by sending
+/// a few thousand 64 KiB prepares at the same moment: the batch that took them all was
+/// refused by the WAL.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_burst_of_large_prepares_is_split_into_batches_the_wal_takes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = Limits::default();
+    let payload_bytes = limits.payload_bytes_max;
+    let (hub, mut events) = open(dir.path(), limits);
+    provision(&hub, "payerfsp", 1_000_000_000, 1_000_000_000, 1).await;
+    provision(&hub, "payeefsp", 1_000_000_000, 1_000_000_000, 2).await;
+    // Enough prepares on one partition that their payloads alone pass the WAL's bound.
+    let count = engine::storage::wal::BODY_BYTES_MAX / payload_bytes + 64;
+    let target = 0;
+    let mut burst = Vec::with_capacity(count);
+    let mut n = 0u64;
+    while burst.len() < count {
+        n += 1;
+        if hub.partition_of(&id(n)) != target {
+            continue;
+        }
+        let mut command = prepare(n, "payerfsp", "payeefsp", 1, [7; 32]);
+        command.payload = vec![b'x'; payload_bytes];
+        burst.push(Command::Prepare {
+            now_ms: now_ms(),
+            prepare: command,
+        });
+    }
+    // A current-thread runtime: nothing else runs until this loop is done, so the whole
+    // burst is in the mailbox before the actor's next turn.
+    for command in burst {
+        hub.enqueue(target, command).expect("the mailbox has room");
+    }
+    // Each prepare is answered: reserved, or refused as "try later" where more of them
+    // wait for headroom from the payer's home than a partition parks.
+    let (mut answered, mut reserved) = (0, 0);
+    while answered < count {
+        let delivery = tokio::time::timeout(Duration::from_secs(60), events.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{answered} of {count} answered; partition: {:?}",
+                    hub.partitions()[target as usize].stopped
+                )
+            })
+            .expect("event stream open");
+        match &*delivery.event {
+            Event::Reserved { .. } => {
+                answered += 1;
+                reserved += 1;
+            }
+            Event::PrepareRefused {
+                code: ErrorCode::ServiceUnavailable,
+                ..
+            } => answered += 1,
+            Event::PrepareRefused { code, .. } => panic!("refused: {code:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(hub.partitions()[target as usize].stopped, None);
+    assert!(reserved >= count / 2, "{reserved} of {count} reserved");
+    hub.shutdown().await.expect("clean shutdown");
+}

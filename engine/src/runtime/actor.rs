@@ -151,14 +151,18 @@ impl Running {
             }
         }
         let batch_max = self.shared.limits.batch_size_max.max(1);
+        let bytes_max = self.shared.limits.batch_bytes_max.max(1);
         loop {
             let stopping = self.shared.shutting_down.load(Ordering::Relaxed);
             self.dispatch_events();
             let mut commands: Vec<Command> = Vec::new();
             let mut replies: Vec<oneshot::Sender<()>> = Vec::new();
-            while commands.len() < batch_max {
+            // WAL bytes of the client commands taken (see `Limits::batch_bytes_max`).
+            let mut bytes = 0usize;
+            while commands.len() < batch_max && bytes < bytes_max {
                 match self.client_rx.try_recv() {
                     Ok(request) => {
+                        bytes += request.command.wal_bytes_max();
                         commands.push(request.command);
                         replies.extend(request.reply);
                     }
@@ -187,6 +191,7 @@ impl Running {
                 tokio::select! {
                     Some(command) = self.peer_rx.recv() => commands.push(command),
                     Some(request) = self.client_rx.recv() => {
+                        bytes += request.command.wal_bytes_max();
                         commands.push(request.command);
                         replies.extend(request.reply);
                     }
@@ -195,8 +200,14 @@ impl Running {
                     // Results the event channel had no room for are offered again.
                     _ = tokio::time::sleep(Duration::from_millis(IDLE_TURN_MS)) => continue,
                 }
-                self.wait_for_more(&mut commands, &mut replies, batch_max)
-                    .await;
+                self.wait_for_more(
+                    &mut commands,
+                    &mut replies,
+                    &mut bytes,
+                    batch_max,
+                    bytes_max,
+                )
+                .await;
             }
             // Peer messages go first in the batch, and are taken *after* the client
             // commands: a message that was in the lane before a client sent its command
@@ -243,13 +254,16 @@ impl Running {
         &mut self,
         commands: &mut Vec<Command>,
         replies: &mut Vec<oneshot::Sender<()>>,
+        bytes: &mut usize,
         batch_max: usize,
+        bytes_max: usize,
     ) {
         let wait = Duration::from_micros(self.shared.limits.batch_wait_us);
         let deadline = tokio::time::Instant::now() + wait;
-        while commands.len() < batch_max {
+        while commands.len() < batch_max && *bytes < bytes_max {
             match self.client_rx.try_recv() {
                 Ok(request) => {
+                    *bytes += request.command.wal_bytes_max();
                     commands.push(request.command);
                     replies.extend(request.reply);
                     continue;

@@ -434,9 +434,7 @@ impl Hub {
 
     /// Appends a command to its partition's mailbox and waits until it is durably applied.
     pub async fn submit(&self, partition: u32, command: Command) -> Result<(), EngineError> {
-        if self.shared.shutting_down.load(Ordering::Relaxed) {
-            return Err(EngineError::ShuttingDown);
-        }
+        self.admit(&command)?;
         let (reply, done) = oneshot::channel();
         let sender = &self.shared.clients[partition as usize];
         sender
@@ -470,9 +468,7 @@ impl Hub {
     /// Appends a command to its partition's mailbox without waiting: the results arrive
     /// as events only. Fails at once with `Overloaded` when the mailbox is full.
     pub fn enqueue(&self, partition: u32, command: Command) -> Result<(), EngineError> {
-        if self.shared.shutting_down.load(Ordering::Relaxed) {
-            return Err(EngineError::ShuttingDown);
-        }
+        self.admit(&command)?;
         self.shared.clients[partition as usize]
             .try_send(ClientRequest {
                 command,
@@ -482,6 +478,27 @@ impl Hub {
                 mpsc::error::TrySendError::Full(_) => EngineError::Overloaded { partition },
                 mpsc::error::TrySendError::Closed(_) => self.closed(partition),
             })
+    }
+
+    /// What every command passes before it reaches a mailbox: the hub is running, and
+    /// its payload is within `payload_bytes_max` (a larger one could make a WAL record
+    /// the log refuses, which would stop the partition; it is refused here instead, and
+    /// never written).
+    fn admit(&self, command: &Command) -> Result<(), EngineError> {
+        if self.shared.shutting_down.load(Ordering::Relaxed) {
+            return Err(EngineError::ShuttingDown);
+        }
+        let payload_bytes = command.payload_bytes();
+        if payload_bytes > self.shared.limits.payload_bytes_max {
+            return Err(EngineError::refused(
+                ErrorCode::Validation,
+                format!(
+                    "payload of {payload_bytes} bytes is larger than {}",
+                    self.shared.limits.payload_bytes_max
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Why a partition's mailbox is closed.

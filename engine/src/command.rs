@@ -86,8 +86,10 @@ pub struct Prepare {
     /// Minor units, > 0.
     pub amount: i64,
     /// SHA-256 digest the fulfilment must hash to.
+    #[serde(with = "serde_bytes")]
     pub condition: [u8; 32],
     pub expiration_ms: TimestampMs,
+    #[serde(with = "serde_bytes")]
     pub body_hash: BodyHash,
     /// Opaque bytes echoed in the resulting event (the gateway keeps the original request
     /// there, to forward it to the payee). Bounded by `Limits::payload_bytes_max`.
@@ -100,10 +102,12 @@ pub struct Fulfil {
     pub transfer_id: TransferId,
     /// `FSPIOP-Source` of the request; must be the payee.
     pub source: FspId,
+    #[serde(with = "serde_bytes")]
     pub fulfilment: [u8; 32],
     pub completed_ms: TimestampMs,
     /// The payee sent `transferState: RESERVED` and wants a PATCH once committed.
     pub notify_payee: bool,
+    #[serde(with = "serde_bytes")]
     pub body_hash: BodyHash,
     pub payload: Vec<u8>,
 }
@@ -115,6 +119,7 @@ pub struct Reject {
     pub source: FspId,
     /// The payee's FSPIOP error code, passed on to the payer.
     pub error_code: u16,
+    #[serde(with = "serde_bytes")]
     pub body_hash: BodyHash,
     pub payload: Vec<u8>,
 }
@@ -305,6 +310,7 @@ pub enum Event {
     /// Tell the payer (forwarding the payee's fulfil) and, if asked, PATCH the payee.
     Committed {
         parties: Parties,
+        #[serde(with = "serde_bytes")]
         fulfilment: [u8; 32],
         completed_ms: TimestampMs,
         notify_payee: bool,
@@ -329,6 +335,7 @@ pub enum Event {
         parties: Parties,
         to: FspId,
         state: TransferState,
+        #[serde(with = "serde_bytes")]
         fulfilment: Option<[u8; 32]>,
         completed_ms: Option<TimestampMs>,
     },
@@ -361,11 +368,14 @@ impl Event {
 pub struct FinishedTransfer {
     pub parties: Parties,
     pub state: TransferState,
+    #[serde(with = "serde_bytes")]
     pub fulfilment: Option<[u8; 32]>,
     pub completed_ms: Option<TimestampMs>,
     pub error_code: Option<ErrorCode>,
+    #[serde(with = "serde_bytes")]
     pub prepare_hash: BodyHash,
     /// Hash of the fulfil or reject that finished it (none when it expired).
+    #[serde(with = "serde_bytes")]
     pub final_hash: Option<BodyHash>,
     /// Hub time it finished; it is forgotten `retention_ms` later.
     pub finished_ms: TimestampMs,

@@ -181,8 +181,10 @@ pub struct AccountEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenTransfer {
     pub parties: crate::command::Parties,
+    #[serde(with = "serde_bytes")]
     pub condition: [u8; 32],
     pub expiration_ms: TimestampMs,
+    #[serde(with = "serde_bytes")]
     pub prepare_hash: BodyHash,
     /// False while the prepare is parked waiting for headroom.
     pub reserved: bool,

@@ -74,6 +74,7 @@
 pub mod balancer;
 pub mod control_log;
 mod error;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod limits;
 pub mod local_broker;
@@ -86,6 +87,7 @@ pub mod validity;
 
 pub use control_log::ControlLog;
 pub use error::ShardingError;
+#[cfg(feature = "kafka")]
 pub use kafka::{KafkaConfig, KafkaLog};
 pub use log::{ClusterTopics, LogFuture, LogRecord, PartitionedLog, ReadBound, TopicSpec};
 pub use memory_log::MemoryLog;

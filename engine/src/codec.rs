@@ -68,10 +68,12 @@ use rmp_serde::config::BytesMode;
 use serde::{de::DeserializeOwned, Serialize};
 use std::fmt;
 
-/// First byte of every envelope: the byte MessagePack never uses.
-pub const ENVELOPE_MAGIC: u8 = 0xC1;
-/// Magic, kind tag, version.
-pub const ENVELOPE_BYTES: usize = 3;
+// The envelope's layout is shared with the records `sharding` writes to the cluster's logs
+// (`sharding::records::envelope`): one magic byte, one layout, and kind tags split between
+// the two (the engine's are `ENGINE_TAGS`, checked below), so that a record of one is
+// never taken for a record of the other.
+pub use sharding::records::envelope::{ENVELOPE_BYTES, ENVELOPE_MAGIC};
+use sharding::records::ENGINE_TAGS;
 
 /// The kinds of stored record. Each has a tag (its byte in the envelope, fixed forever)
 /// and a format version (bumped whenever its stored shape changes).
@@ -136,6 +138,16 @@ impl RecordKind {
         }
     }
 }
+
+// Every engine kind tag is in the engine's range, never in `sharding`'s.
+const _: () = {
+    let mut i = 0;
+    while i < RecordKind::ALL.len() {
+        let tag = RecordKind::ALL[i].tag();
+        assert!(tag >= *ENGINE_TAGS.start() && tag <= *ENGINE_TAGS.end());
+        i += 1;
+    }
+};
 
 impl fmt::Display for RecordKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -19,9 +19,11 @@
 //! | `0x40..=0x7F` | `sharding`: control-log records and event-log framing        |
 //! | `0x80..=0xFF` | unassigned                                                   |
 //!
-//! A tag is never renumbered or reused. The engine's codec (which this crate cannot depend
-//! on: the engine depends on `sharding`) keeps to its range; [`SHARDING_TAGS`] is checked
-//! by a test so this crate keeps to its own.
+//! A tag is never renumbered or reused. The engine's codec takes the magic byte and the
+//! envelope's size from here and checks at compile time that its tags are in
+//! [`ENGINE_TAGS`]; [`SHARDING_TAGS`] is checked by a test so this crate keeps to its own.
+//! (The encode and open functions stay one per crate: each has its own error type, and
+//! the engine cannot be a dependency of this crate, which it depends on.)
 //!
 //! # Versions
 //!

@@ -6,6 +6,7 @@
 //! never panics and never yields a 5xx.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine as _;
 use engine::ids::{Currency, FspId, TransferId};
 use engine::money::{parse_amount, AmountError};
@@ -461,6 +462,20 @@ pub fn string_field<'a>(map: &'a Map<String, Value>, name: &str) -> Result<&'a s
 }
 
 /// A base64url string (no padding) of exactly 32 bytes: a condition or a fulfilment.
+/// Decodes condition and fulfilment texts as FSPIOP defines them, by the pattern
+/// `^[A-Za-z0-9-_]{43}$` alone: 43 characters of the URL-safe alphabet, no `=`. The last
+/// character carries 4 bits of the 32 bytes and 2 padding bits; a text whose padding bits
+/// are not zero still matches the pattern, and Mojaloop's switch (Node's decoder) takes
+/// it as the bytes it encodes, so this decoder ignores them too. (The strict decoder
+/// refused such a fulfilment as "not base64url" with a 400, where Mojaloop answers 200
+/// and aborts the transfer if the bytes do not match the condition.)
+const DIGEST_TEXT: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::RequireNone),
+);
+
 pub fn digest_field(map: &Map<String, Value>, name: &str) -> Result<[u8; 32], ApiError> {
     let text = string_field(map, name)?;
     if text.len() != 43 {
@@ -468,7 +483,7 @@ pub fn digest_field(map: &Map<String, Value>, name: &str) -> Result<[u8; 32], Ap
             "{name} must be 43 base64url characters"
         )));
     }
-    let bytes = URL_SAFE_NO_PAD
+    let bytes = DIGEST_TEXT
         .decode(text)
         .map_err(|_| ApiError::validation(format!("{name} is not base64url")))?;
     bytes
@@ -1104,5 +1119,34 @@ mod tests {
             money_field(&Map::new(), "amount").map_err(|e| e.code),
             Err(3102)
         );
+    }
+
+    #[test]
+    fn digest_texts_are_read_by_the_fspiop_pattern_alone() {
+        let field = |text: &str| {
+            let mut map = Map::new();
+            map.insert("fulfilment".into(), Value::String(text.into()));
+            digest_field(&map, "fulfilment")
+        };
+        let bytes = [0xA5u8; 32];
+        let canonical = encode_digest(&bytes);
+        assert_eq!(field(&canonical).ok(), Some(bytes));
+        // Padding bits set in the last character: the same bytes.
+        let (head, last) = canonical.split_at(42);
+        let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let index = alphabet.find(last).expect("alphabet");
+        for low in 1..4 {
+            let text = format!("{head}{}", &alphabet[(index | low)..=(index | low)]);
+            assert_eq!(field(&text).ok(), Some(bytes), "{text}");
+        }
+        // Outside the pattern: refused.
+        for bad in [
+            format!("{head}="),
+            format!("{}+{}", &canonical[..10], &canonical[11..]),
+            canonical[..42].to_string(),
+            format!("{canonical}A"),
+        ] {
+            assert!(field(&bad).is_err(), "{bad}");
+        }
     }
 }

@@ -95,6 +95,16 @@ impl World {
     }
 }
 
+/// `text` (43 base64url characters, 32 bytes) with a padding bit of its last character
+/// set: the same bytes to a decoder that ignores padding bits, as Node's does.
+fn with_padding_bits(text: &str) -> String {
+    const ALPHABET: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let (head, last) = text.split_at(42);
+    let index = ALPHABET.find(last).expect("a base64url character");
+    assert_eq!(index & 0b11, 0, "canonical: the two padding bits are zero");
+    format!("{head}{}", &ALPHABET[index | 1..=index | 1])
+}
+
 fn error_code(r: &Received) -> &str {
     r.body["errorInformation"]["errorCode"]
         .as_str()
@@ -218,6 +228,32 @@ async fn golden_path_patch_duplicates_reject_and_invalid_fulfilment() {
     assert_eq!(w.fulfil(4, &wrong).await.0, 200);
     let error = w
         .callback(PAYER, "PUT", &format!("/transfers/{}/error", tid(4)))
+        .await;
+    assert_eq!(error_code(&error), "3100");
+    assert_eq!(w.positions().await.0, (101.5, 0.0));
+
+    // A fulfilment that matches the FSPIOP pattern ^[A-Za-z0-9-_]{43}$ but whose last
+    // character has non-zero padding bits (Mojaloop's invalid-fulfilment collection sends
+    // one) is taken as the bytes it encodes: here a wrong preimage, so 200, the transfer
+    // aborted, 3100 to the payer and the payee, the reservation released.
+    assert_eq!(
+        w.prepare(&prepare_body(5, PAYER, PAYEE, "20", 60_000), PAYER)
+            .await
+            .0,
+        202
+    );
+    w.dfsps
+        .wait_for("forward 5", |r| r.body["transferId"] == tid(5))
+        .await;
+    let mut wrong = fulfil_body(5, "COMMITTED");
+    wrong["fulfilment"] = json!(with_padding_bits(&secret(998).0));
+    assert_eq!(w.fulfil(5, &wrong).await.0, 200);
+    let error = w
+        .callback(PAYER, "PUT", &format!("/transfers/{}/error", tid(5)))
+        .await;
+    assert_eq!(error_code(&error), "3100");
+    let error = w
+        .callback(PAYEE, "PUT", &format!("/transfers/{}/error", tid(5)))
         .await;
     assert_eq!(error_code(&error), "3100");
     assert_eq!(w.positions().await.0, (101.5, 0.0));

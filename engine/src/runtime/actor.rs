@@ -6,7 +6,6 @@ use super::*;
 use crate::limits::{IDLE_TURN_MS, PIPELINE_DEPTH_MAX};
 
 pub(super) struct Actor {
-    pub(super) partition: u32,
     pub(super) store: Arc<dyn Storage>,
     /// Rules out most archive lookups for new transfer ids (see `filter.rs`).
     pub(super) filter: ArchiveFilter,
@@ -14,24 +13,16 @@ pub(super) struct Actor {
     pub(super) filter_loaded: Option<oneshot::Receiver<ArchiveFilter>>,
     /// Finished transfers recorded since start, replayed into the loaded filter.
     pub(super) filter_pending: Vec<(u64, i64)>,
-    pub(super) epoch: u64,
     pub(super) shared: Arc<Shared>,
-    pub(super) state: PartitionState,
-    /// Messages sent whose receiver has not yet made them durable (re-sent after a crash).
-    pub(super) unconfirmed: BTreeMap<(u32, u64), Outgoing>,
-    /// Released results not yet acknowledged by the event consumer (see `outbox`).
-    pub(super) outbox: Outbox,
+    /// The partition's bookkeeping, as recovery left it (see `core.rs`).
+    pub(super) core: Core,
     pub(super) acks: Arc<Acks>,
-    /// Finished transfers not yet known to be archived, for duplicate checks and GET.
-    pub(super) finished_cache: HashMap<TransferId, FinishedTransfer>,
-    pub(super) finished_order: VecDeque<(u64, Vec<TransferId>)>,
     pub(super) events: mpsc::Sender<Delivery>,
     pub(super) client_rx: mpsc::Receiver<ClientRequest>,
     pub(super) peer_rx: mpsc::Receiver<Command>,
     pub(super) query_rx: mpsc::Receiver<Query>,
     /// Turns `true` when the hub shuts down.
     pub(super) stop: tokio::sync::watch::Receiver<bool>,
-    pub(super) last_snapshot_batch: u64,
 }
 
 /// The IO half of a staged batch (its bookkeeping half is in the core's pipeline, in
@@ -70,39 +61,21 @@ impl Actor {
     /// Builds the running actor around its core and runs it until shutdown or a stop.
     pub(super) async fn run(self) {
         let Actor {
-            partition,
             store,
             filter,
             filter_loaded,
             filter_pending,
-            epoch,
             shared,
-            state,
-            unconfirmed,
-            outbox,
+            core,
             acks,
-            finished_cache,
-            finished_order,
             events,
             client_rx,
             peer_rx,
             query_rx,
             stop,
-            last_snapshot_batch,
         } = self;
-        // Recovery hands over no cached finished transfers (its snapshot's are re-archived).
-        assert!(finished_cache.is_empty() && finished_order.is_empty());
-        let core = Core::from_parts(
-            epoch,
-            state,
-            unconfirmed,
-            outbox,
-            last_snapshot_batch,
-            &shared.limits,
-        );
-        assert_eq!(core.partition(), partition, "core of another partition");
         let running = Running {
-            partition,
+            partition: core.partition(),
             store,
             filter,
             filter_loaded,

@@ -543,22 +543,6 @@ impl Core {
             limits,
         ))
     }
-
-    /// Takes the core apart into what recovery hands the runtime's wiring.
-    pub(super) fn into_recovered(
-        self,
-    ) -> (PartitionState, BTreeMap<(u32, u64), Outgoing>, Outbox, u64) {
-        assert!(
-            self.staged.is_empty(),
-            "a recovered core has nothing staged"
-        );
-        (
-            self.state,
-            self.unconfirmed,
-            self.outbox,
-            self.last_snapshot_batch,
-        )
-    }
 }
 
 /// The outbox a snapshot recorded, checked: its events are numbered below its next

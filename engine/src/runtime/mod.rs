@@ -27,10 +27,10 @@ use crate::filter::ArchiveFilter;
 use crate::ids::{AccountKey, FspId, TransferId};
 use crate::limits::*;
 use crate::machine::account::Money;
-use crate::machine::{home_of, Input, Outgoing, PartitionState};
+use crate::machine::{home_of, Input, Outgoing};
 use crate::storage::{SnapshotRecord, Storage, Store, WalRecordRef};
 use crate::EngineError;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -46,8 +46,8 @@ mod recovery;
 mod workers;
 use actor::*;
 pub use api::{AccountView, EngineMetrics, HubConfig, PartitionStatus, TransferView};
+use outbox::Acks;
 pub use outbox::{AckToken, Delivery};
-use outbox::{Acks, Outbox};
 use recovery::*;
 use workers::*;
 
@@ -254,7 +254,7 @@ impl Hub {
             archiver: archive_tx,
             archived_upto: recovered
                 .iter()
-                .map(|r| AtomicU64::new(r.as_ref().map(|r| r.state.batch_seq).unwrap_or(0)))
+                .map(|r| AtomicU64::new(r.as_ref().map(|r| r.state().batch_seq).unwrap_or(0)))
                 .collect(),
             batches: AtomicU64::new(0),
             flush_latency_us_total: AtomicU64::new(0),
@@ -362,37 +362,32 @@ impl Hub {
         {
             let epoch = epochs[p];
             shared.stats[p].epoch.store(epoch, Ordering::Relaxed);
-            let rec = match rec {
-                Ok(rec) => rec,
+            let core = match rec {
+                Ok(core) => core,
                 Err(reason) => {
                     // No actor: its mailbox closes and submitters get `PartitionStopped`.
                     *lock(&shared.stats[p].stopped) = Some(reason);
                     continue;
                 }
             };
+            assert_eq!(core.partition(), p as u32, "core of another partition");
+            assert_eq!(core.epoch(), epoch, "core recovered at another epoch");
             shared.stats[p]
                 .committed_batch
-                .store(rec.state.batch_seq, Ordering::Relaxed);
+                .store(core.state().batch_seq, Ordering::Relaxed);
             let actor = Actor {
-                partition: p as u32,
                 store: store.clone(),
                 filter: ArchiveFilter::new(filter_bytes),
                 filter_loaded: filter_rxs[p].take(),
                 filter_pending: Vec::new(),
-                epoch,
                 shared: shared.clone(),
-                state: rec.state,
-                unconfirmed: rec.unconfirmed,
-                outbox: rec.outbox,
+                core,
                 acks: shared.acks[p].clone(),
-                finished_cache: HashMap::new(),
-                finished_order: VecDeque::new(),
                 events: events_tx.clone(),
                 client_rx,
                 peer_rx,
                 query_rx,
                 stop: shared.stop.subscribe(),
-                last_snapshot_batch: rec.snapshot_batch,
             };
             let span = info_span!("partition", partition = p, epoch = epoch);
             let actor = tokio::spawn(actor.run().instrument(span));

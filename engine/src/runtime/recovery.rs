@@ -1,21 +1,11 @@
 //! Recovery of one partition at open: its snapshot, then the WAL after it, checked
 //! (batch numbers contiguous, owner epochs older than this start's, the state's ledger
-//! invariants), giving the state, the unconfirmed peer messages and the outbox of
-//! unacknowledged results. A partition that cannot recover stops alone. The replay itself
+//! invariants), giving the partition's core: its state, the unconfirmed peer messages and the
+//! outbox of unacknowledged results. A partition that cannot recover stops alone. The replay itself
 //! is [`Core::recover`] (IO-free but for the `Storage` it reads), so that the simulation
 //! recovers its partitions with the very code the hub runs.
 
 use super::*;
-
-/// A partition as recovered from storage.
-pub(super) struct Recovered {
-    pub(super) state: PartitionState,
-    pub(super) unconfirmed: BTreeMap<(u32, u64), Outgoing>,
-    /// The snapshot's unacknowledged results plus those of the replayed batches: all
-    /// published again (callbacks are at least once).
-    pub(super) outbox: Outbox,
-    pub(super) snapshot_batch: u64,
-}
 
 /// Snapshot + replay of the WAL after it. Replaying gives the same outputs the original
 /// run gave: its messages are re-sent (receivers drop duplicates), its finished transfers
@@ -28,7 +18,7 @@ pub(super) fn recover_or_stop(
     partitions: u32,
     epoch: u64,
     limits: &Limits,
-) -> Result<Recovered, String> {
+) -> Result<Core, String> {
     let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         recover(store, partition, partitions, epoch, limits)
     }));
@@ -50,21 +40,13 @@ pub(super) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".to_string())
 }
 
-/// Recovery proper is the core's ([`Core::recover`]); this takes the recovered core
-/// apart into what the runtime's wiring builds the actor from.
+/// Recovery proper is the core's ([`Core::recover`]); the actor runs the recovered core.
 pub(super) fn recover(
     store: &dyn Storage,
     partition: u32,
     partitions: u32,
     epoch: u64,
     limits: &Limits,
-) -> Result<Recovered, EngineError> {
-    let core = Core::recover(store, partition, partitions, epoch, limits, CoreFault::None)?;
-    let (state, unconfirmed, outbox, snapshot_batch) = core.into_recovered();
-    Ok(Recovered {
-        state,
-        unconfirmed,
-        outbox,
-        snapshot_batch,
-    })
+) -> Result<Core, EngineError> {
+    Core::recover(store, partition, partitions, epoch, limits, CoreFault::None)
 }

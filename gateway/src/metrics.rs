@@ -206,6 +206,21 @@ impl Metrics {
                 p.partition, p.queue_depth
             ));
         }
+        line("# HELP engine_partition_stopped 1 while a partition is stopped (a corrupt record, a storage failure; its reason is in /partitions), else 0.".into());
+        line("# TYPE engine_partition_stopped gauge".into());
+        for p in partitions {
+            line(format!(
+                "engine_partition_stopped{{partition=\"{}\"}} {}",
+                p.partition,
+                u8::from(p.stopped.is_some())
+            ));
+        }
+        line("# HELP engine_outbox_events Results released and not yet acknowledged by the notifier, all partitions.".into());
+        line("# TYPE engine_outbox_events gauge".into());
+        line(format!("engine_outbox_events {}", engine.outbox_events));
+        line("# HELP engine_events_shed_total Results shed from a full outbox (the notifier far behind); the DFSP can still GET the transfer.".into());
+        line("# TYPE engine_events_shed_total counter".into());
+        line(format!("engine_events_shed_total {}", engine.events_shed));
         line("# TYPE engine_partition_committed_batch gauge".into());
         for p in partitions {
             line(format!(

@@ -8,11 +8,13 @@ pub mod admin;
 pub mod client;
 pub mod engine_errors;
 pub mod fspiop;
+pub mod identity;
 pub mod limits;
 pub mod metrics;
 pub mod notifier;
 pub mod openapi;
 pub mod registry;
+pub mod tls;
 pub mod transfers;
 
 use engine::runtime::{Hub, HubConfig};
@@ -32,6 +34,8 @@ pub enum GatewayError {
     Engine(#[from] engine::EngineError),
     #[error("registry: {0}")]
     Registry(#[from] registry::RegistryError),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -64,6 +68,11 @@ pub struct Config {
     pub partitions: u32,
     pub hub_name: String,
     pub limits: engine::limits::Limits,
+    /// TLS on the FSPIOP listener (`None`: plain HTTP); its client CA makes DFSPs
+    /// authenticate with certificates (see `identity`).
+    pub fspiop_tls: Option<tls::ServerTls>,
+    /// Proxies whose `x-forwarded-client-cert` names the DFSP (see `identity`).
+    pub trusted_proxies: Vec<identity::Network>,
 }
 
 impl Default for Config {
@@ -75,6 +84,8 @@ impl Default for Config {
             partitions: 2,
             hub_name: "Hub".into(),
             limits: engine::limits::Limits::default(),
+            fspiop_tls: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -83,6 +94,8 @@ impl Default for Config {
 pub struct EmbeddedHub {
     pub fspiop_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// Whether the FSPIOP listener speaks TLS (`https://`).
+    pub fspiop_tls: bool,
     hub: Hub,
     notifier: Arc<notifier::Notifier>,
     notifier_task: tokio::task::JoinHandle<()>,
@@ -98,6 +111,26 @@ impl EmbeddedHub {
     pub async fn start(config: Config) -> Result<EmbeddedHub, GatewayError> {
         limits::check_engine_limits(&config.limits)
             .map_err(|e| GatewayError::Engine(engine::EngineError::Config(e)))?;
+        if config.trusted_proxies.len() > identity::TRUSTED_PROXIES_MAX {
+            return Err(GatewayError::Tls(tls::TlsError::Config(format!(
+                "more than {} trusted proxies",
+                identity::TRUSTED_PROXIES_MAX
+            ))));
+        }
+        // Read before the engine opens: a bad certificate file stops the start at once.
+        let fspiop_tls = config
+            .fspiop_tls
+            .as_ref()
+            .map(tls::server_config)
+            .transpose()?;
+        let dfsp_trust = Arc::new(identity::DfspTrust {
+            client_certificates: config
+                .fspiop_tls
+                .as_ref()
+                .is_some_and(|t| t.client_ca.is_some()),
+            trusted_proxies: config.trusted_proxies.clone(),
+        });
+        warn_if_unauthenticated(&dfsp_trust);
         let (hub, events) = Hub::open(HubConfig {
             data_dir: config.data_dir.clone(),
             partitions: config.partitions,
@@ -121,8 +154,12 @@ impl EmbeddedHub {
 
         let fspiop_state = state.clone();
         let fspiop = actix_web::HttpServer::new(move || {
+            let trust = dfsp_trust.clone();
             actix_web::App::new()
                 .wrap(fspiop_error_bodies())
+                .wrap(actix_web::middleware::from_fn(move |req, next| {
+                    identity::require_source(trust.clone(), req, next)
+                }))
                 .app_data(fspiop_state.clone())
                 .app_data(actix_web::web::PayloadConfig::new(REQUEST_BODY_BYTES_MAX))
                 .configure(transfers::routes)
@@ -133,7 +170,11 @@ impl EmbeddedHub {
         .keep_alive(std::time::Duration::from_secs(HTTP_KEEP_ALIVE_S))
         .backlog(HTTP_LISTEN_BACKLOG)
         .disable_signals()
-        .bind(&config.fspiop_listen)
+        .on_connect(tls::record_peer_certificate);
+        let fspiop = match fspiop_tls {
+            Some(tls) => fspiop.bind_rustls_0_23(&config.fspiop_listen, tls),
+            None => fspiop.bind(&config.fspiop_listen),
+        }
         .map_err(|source| GatewayError::Listen {
             addr: config.fspiop_listen.clone(),
             source,
@@ -165,6 +206,7 @@ impl EmbeddedHub {
         Ok(EmbeddedHub {
             fspiop_addr,
             admin_addr,
+            fspiop_tls: config.fspiop_tls.is_some(),
             hub,
             notifier,
             notifier_task,
@@ -235,6 +277,18 @@ async fn sample_rates(state: actix_web::web::Data<AppState>) {
         last = applied;
         last_at = now;
         tokio::time::sleep(interval).await;
+    }
+}
+
+/// Says, loudly, that the FSPIOP listener takes every `FSPIOP-Source` as sent.
+fn warn_if_unauthenticated(trust: &identity::DfspTrust) {
+    if !trust.authenticates() {
+        tracing::warn!(
+            "DFSPs ARE NOT AUTHENTICATED: the FSPIOP listener trusts FSPIOP-Source as sent, so \
+             anyone who reaches it can act as any DFSP. Give --tls-cert, --tls-key and \
+             --client-ca (client certificates), or --trusted-proxy (a TLS-terminating proxy \
+             that sets x-forwarded-client-cert)."
+        );
     }
 }
 

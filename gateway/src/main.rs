@@ -27,6 +27,20 @@ struct Args {
     /// FSPIOP-Source of messages the hub makes itself.
     #[arg(long, env = "HUB_NAME", default_value = "Hub")]
     hub_name: String,
+    /// PEM certificate (chain) of the FSPIOP listener: it then speaks TLS only.
+    #[arg(long, env = "HUB_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "HUB_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle DFSP client certificates must chain to: every DFSP then presents a
+    /// certificate, and its subject CN is the participant its FSPIOP-Source must name.
+    #[arg(long, env = "HUB_CLIENT_CA", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// Address or network (CIDR) of a TLS-terminating proxy whose
+    /// x-forwarded-client-cert names the DFSP; repeat it, or separate with commas.
+    #[arg(long, env = "HUB_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxy: Vec<gateway::identity::Network>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,11 +61,20 @@ fn main() -> anyhow::Result<()> {
             data_dir: args.data_dir,
             partitions: args.partitions,
             hub_name: args.hub_name,
+            fspiop_tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| {
+                gateway::tls::ServerTls {
+                    cert,
+                    key,
+                    client_ca: args.client_ca,
+                }
+            }),
+            trusted_proxies: args.trusted_proxy,
             ..Config::default()
         };
         let hub = EmbeddedHub::start(config).await?;
         // Machine-readable, for scripts and tests that start the hub on port 0.
-        println!("fspiop listening on http://{}", hub.fspiop_addr);
+        let scheme = if hub.fspiop_tls { "https" } else { "http" };
+        println!("fspiop listening on {scheme}://{}", hub.fspiop_addr);
         println!("admin listening on http://{}", hub.admin_addr);
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

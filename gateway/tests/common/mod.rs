@@ -160,6 +160,11 @@ pub struct HubProcess {
 
 impl HubProcess {
     pub fn start(data_dir: &Path) -> HubProcess {
+        HubProcess::start_with(data_dir, &[])
+    }
+
+    /// The hub with more command-line arguments (TLS, trust, credentials).
+    pub fn start_with(data_dir: &Path, extra: &[&std::ffi::OsStr]) -> HubProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
             .args([
                 "--fspiop-listen",
@@ -171,6 +176,7 @@ impl HubProcess {
             ])
             .arg("--data-dir")
             .arg(data_dir)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -73,6 +73,8 @@ pub struct Config {
     pub fspiop_tls: Option<tls::ServerTls>,
     /// Proxies whose `x-forwarded-client-cert` names the DFSP (see `identity`).
     pub trusted_proxies: Vec<identity::Network>,
+    /// How `https://` callbacks are made (CA, the hub's client certificate).
+    pub callback_tls: tls::CallbackTls,
 }
 
 impl Default for Config {
@@ -86,6 +88,7 @@ impl Default for Config {
             limits: engine::limits::Limits::default(),
             fspiop_tls: None,
             trusted_proxies: Vec::new(),
+            callback_tls: tls::CallbackTls::default(),
         }
     }
 }
@@ -131,6 +134,7 @@ impl EmbeddedHub {
             trusted_proxies: config.trusted_proxies.clone(),
         });
         warn_if_unauthenticated(&dfsp_trust);
+        let callback_tls = Arc::new(tls::client_config(&config.callback_tls)?);
         let (hub, events) = Hub::open(HubConfig {
             data_dir: config.data_dir.clone(),
             partitions: config.partitions,
@@ -138,8 +142,12 @@ impl EmbeddedHub {
         })?;
         let registry = Arc::new(registry::Registry::load(&hub)?);
         let metrics = Arc::new(metrics::Metrics::default());
-        let notifier =
-            notifier::Notifier::new(registry.clone(), metrics.clone(), config.hub_name.clone());
+        let notifier = notifier::Notifier::with_tls(
+            registry.clone(),
+            metrics.clone(),
+            config.hub_name.clone(),
+            Some(callback_tls),
+        );
         let notifier_task = tokio::spawn(notifier.clone().run(events));
         let state = actix_web::web::Data::new(AppState {
             hub: hub.clone(),

@@ -41,6 +41,16 @@ struct Args {
     /// x-forwarded-client-cert names the DFSP; repeat it, or separate with commas.
     #[arg(long, env = "HUB_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxy: Vec<gateway::identity::Network>,
+    /// PEM CA bundle that DFSPs' https:// callback servers must chain to (default: the
+    /// operating system's trust store).
+    #[arg(long, env = "HUB_CALLBACK_CA")]
+    callback_ca: Option<PathBuf>,
+    /// PEM certificate (chain) the hub presents to DFSP callback servers that ask for one.
+    #[arg(long, env = "HUB_CALLBACK_CERT", requires = "callback_key")]
+    callback_cert: Option<PathBuf>,
+    /// PEM private key of `--callback-cert`.
+    #[arg(long, env = "HUB_CALLBACK_KEY", requires = "callback_cert")]
+    callback_key: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,6 +79,11 @@ fn main() -> anyhow::Result<()> {
                 }
             }),
             trusted_proxies: args.trusted_proxy,
+            callback_tls: gateway::tls::CallbackTls {
+                ca: args.callback_ca,
+                cert: args.callback_cert,
+                key: args.callback_key,
+            },
             ..Config::default()
         };
         let hub = EmbeddedHub::start(config).await?;

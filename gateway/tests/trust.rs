@@ -430,3 +430,131 @@ async fn without_authentication_the_hub_says_so_at_start_up() {
     let _ = child.wait();
     assert!(warned, "no start-up warning; stderr was {seen:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_callbacks_check_the_dfsp_and_present_the_hubs_certificate() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scheme = pki::Ca::new(dir.path(), "scheme");
+    let rogue = pki::Ca::new(dir.path(), "rogue");
+    // The DFSPs' callback server asks for the hub's certificate, from the scheme's CA.
+    let receiver = pki::TlsReceiver::start(pki::server_config(
+        &scheme.server("dfsps"),
+        Some(&scheme.pem),
+    ))
+    .await;
+    // A server whose certificate the hub must not trust.
+    let impostor = pki::TlsReceiver::start(pki::server_config(&rogue.server("dfsps"), None)).await;
+    let hub_identity = scheme.client("hub");
+    let data = dir.path().join("data");
+    let hub = HubProcess::start_with(
+        &data,
+        &[
+            OsStr::new("--callback-ca"),
+            scheme.pem.as_os_str(),
+            OsStr::new("--callback-cert"),
+            hub_identity.cert.as_os_str(),
+            OsStr::new("--callback-key"),
+            hub_identity.key.as_os_str(),
+        ],
+    );
+    let http = Http::default();
+    let at = |addr: std::net::SocketAddr, name: &str| format!("https://{addr}/{name}");
+    provision_at(
+        &http,
+        &hub.admin,
+        &at(receiver.addr, PAYER),
+        PAYER,
+        "1000",
+        "1000",
+    )
+    .await;
+    provision_at(
+        &http,
+        &hub.admin,
+        &at(receiver.addr, PAYEE),
+        PAYEE,
+        "1000",
+        "1000",
+    )
+    .await;
+    provision_at(
+        &http,
+        &hub.admin,
+        &at(impostor.addr, "roguefsp"),
+        "roguefsp",
+        "1000",
+        "1000",
+    )
+    .await;
+    let posts = format!("{}/transfers", hub.fspiop);
+
+    let (st, v) = http
+        .send(
+            "POST",
+            &posts,
+            &fspiop_headers(PAYER, PAYEE),
+            &prepare_body(1, PAYER, PAYEE, "10", 60_000).to_string(),
+        )
+        .await;
+    assert_eq!(st, 202, "{v}");
+    let forwarded = receiver
+        .wait_for("prepare forwarded over TLS", |g| {
+            g.dfsp == PAYEE && g.method == "POST" && g.path == "/transfers"
+        })
+        .await;
+    assert_eq!(forwarded.body["transferId"], tid(1));
+    assert_eq!(
+        forwarded.client_cn.as_deref(),
+        Some("hub"),
+        "the hub's certificate"
+    );
+    let mut headers = fspiop_headers(PAYEE, PAYER);
+    headers.retain(|(n, _)| *n != "accept");
+    let (st, v) = http
+        .send(
+            "PUT",
+            &transfer_url(&hub.fspiop, 1),
+            &headers,
+            &fulfil_body(1, "COMMITTED").to_string(),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let path = format!("/transfers/{}", tid(1));
+    let done = receiver
+        .wait_for("payer told over TLS", |g| {
+            g.dfsp == PAYER && g.method == "PUT" && g.path == path
+        })
+        .await;
+    assert_eq!(done.body["transferState"], "COMMITTED");
+
+    // A payee whose callback server the hub cannot verify gets nothing: the handshake
+    // fails, no request is written.
+    let (st, v) = http
+        .send(
+            "POST",
+            &posts,
+            &fspiop_headers(PAYER, "roguefsp"),
+            &prepare_body(2, PAYER, "roguefsp", "10", 60_000).to_string(),
+        )
+        .await;
+    assert_eq!(st, 202, "{v}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while impostor
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst)
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hub never tried the rogue server"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        impostor.got.lock().expect("log").is_empty(),
+        "a request reached a server with an untrusted certificate"
+    );
+    hub.kill();
+}

@@ -9,8 +9,11 @@
 //! socket, and the hub spends its CPU on exactly these exchanges (BENCHMARKS.md).
 //!
 //! What it does, and what it leaves out on purpose:
-//! * `http://` only, as the notifier always did. Host names are resolved when a new
-//!   connection is opened; IP literals never touch the resolver.
+//! * `http://`, and `https://` for a client made [`Client::with_tls`] (rustls; the
+//!   configuration says which CAs to trust and whether to present a certificate; see
+//!   `stream.rs` for how TLS connections are kept). Host names are resolved when a new
+//!   connection is opened; IP literals never touch the resolver. Connections are pooled
+//!   per scheme and authority.
 //! * The request is written with one `write` (head and body in one buffer) and always
 //!   carries `Content-Length`; no `Expect: 100-continue`, no pipelining.
 //! * The response is framed by `Content-Length`, `Transfer-Encoding: chunked`, or the end
@@ -28,11 +31,14 @@
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::io::{self, Write as _};
-use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+mod stream;
+#[cfg(test)]
+mod tls_tests;
+use stream::Stream;
 
 /// Response headers parsed at most (more is a bad response).
 const RESPONSE_HEADERS_MAX: usize = 64;
@@ -116,6 +122,8 @@ pub struct Client {
 struct Inner {
     limits: ClientLimits,
     idle: Mutex<Pool>,
+    /// For `https://` URLs; without it they are refused as invalid.
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 #[derive(Default)]
@@ -131,13 +139,17 @@ struct Idle {
 
 /// An open connection and its read buffer (kept with it, so reuse does not allocate).
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
 }
 
-/// The parts of an `http://` URL the client needs.
+/// The parts of an `http://` or `https://` URL the client needs.
 #[derive(Debug, PartialEq, Eq)]
 struct Target<'a> {
+    /// The URL up to the end of the authority (`https://host:port`): the pool key, so a
+    /// plain and a TLS connection to one authority are never mixed up.
+    origin: &'a str,
+    tls: bool,
     /// `host[:port]` as written, for the `Host` header and as the pool key.
     authority: &'a str,
     host: &'a str,
@@ -147,13 +159,24 @@ struct Target<'a> {
 }
 
 impl Client {
+    /// A client for `http://` URLs only.
     pub fn new(limits: ClientLimits) -> Client {
+        Client::build(limits, None)
+    }
+
+    /// A client for `http://` and `https://` URLs, `https://` with this configuration.
+    pub fn with_tls(limits: ClientLimits, tls: Arc<rustls::ClientConfig>) -> Client {
+        Client::build(limits, Some(tokio_rustls::TlsConnector::from(tls)))
+    }
+
+    fn build(limits: ClientLimits, tls: Option<tokio_rustls::TlsConnector>) -> Client {
         assert!(limits.response_head_bytes_max >= 64, "head bound too small");
         assert!(limits.connect_timeout <= limits.exchange_timeout);
         Client {
             inner: Arc::new(Inner {
                 limits,
                 idle: Mutex::new(Pool::default()),
+                tls,
             }),
         }
     }
@@ -166,17 +189,27 @@ impl Client {
     /// Sends one request and reads its whole response, within the exchange timeout.
     pub async fn send(&self, request: Request<'_>) -> Result<Response, ClientError> {
         let target = parse_url(request.url)?;
+        let tls = match (target.tls, &self.inner.tls) {
+            (false, _) => None,
+            (true, Some(tls)) => Some(tls),
+            (true, None) => {
+                return Err(ClientError::Invalid(format!(
+                    "https:// needs a client made with TLS: {:?}",
+                    request.url
+                )))
+            }
+        };
         let mut head = Vec::with_capacity(256 + request.body.len());
         write_head(&mut head, &request, &target)?;
         head.extend_from_slice(request.body);
         let limits = &self.inner.limits;
         let deadline = tokio::time::Instant::now() + limits.exchange_timeout;
 
-        let conn = match self.checkout(target.authority) {
+        let conn = match self.checkout(target.origin) {
             Some(conn) => conn,
             None => {
                 let connect_by = deadline.min(tokio::time::Instant::now() + limits.connect_timeout);
-                match tokio::time::timeout_at(connect_by, connect(&target)).await {
+                match tokio::time::timeout_at(connect_by, connect(&target, tls)).await {
                     Ok(Ok(conn)) => conn,
                     Ok(Err(source)) => {
                         return Err(ClientError::Connect {
@@ -198,7 +231,7 @@ impl Client {
         match tokio::time::timeout_at(deadline, exchange).await {
             Ok(Ok((response, reusable))) => {
                 if let Some(conn) = reusable {
-                    self.checkin(target.authority, conn);
+                    self.checkin(target.origin, conn);
                 }
                 Ok(response)
             }
@@ -212,34 +245,34 @@ impl Client {
         self.inner.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The most recently used idle connection to `authority` that is still open.
-    fn checkout(&self, authority: &str) -> Option<Conn> {
+    /// The most recently used idle connection to `origin` that is still open.
+    fn checkout(&self, origin: &str) -> Option<Conn> {
         let idle_timeout = self.inner.limits.idle_timeout;
         loop {
             let idle = {
                 let mut pool = self.pool();
-                let list = pool.by_host.get_mut(authority)?;
+                let list = pool.by_host.get_mut(origin)?;
                 let idle = list.pop()?;
                 pool.total -= 1;
                 idle
             };
-            if idle.since.elapsed() < idle_timeout && still_open(&idle.conn.stream) {
+            if idle.since.elapsed() < idle_timeout && idle.conn.stream.still_open() {
                 return Some(idle.conn);
             }
             // Stale or closed by the peer: drop it (closing the socket) and look again.
         }
     }
 
-    fn checkin(&self, authority: &str, conn: Conn) {
+    fn checkin(&self, origin: &str, conn: Conn) {
         let limits = &self.inner.limits;
         let now = Instant::now();
         let mut pool = self.pool();
         if pool.total >= limits.idle_total_max {
             return;
         }
-        let list = match pool.by_host.get_mut(authority) {
+        let list = match pool.by_host.get_mut(origin) {
             Some(list) => list,
-            None => pool.by_host.entry(authority.to_string()).or_default(),
+            None => pool.by_host.entry(origin.to_string()).or_default(),
         };
         // Connections idle too long are at the front (the list is a stack): take them out
         // now and close them after the lock is released.
@@ -260,23 +293,14 @@ impl Client {
     }
 }
 
-/// Whether a pooled connection can still be written to: no close (or stray bytes) from
-/// the peer has arrived while it sat idle. The reactor records readiness even when no
-/// task waits on it, so a FIN that arrived shows up here as a zero-byte read.
-fn still_open(stream: &TcpStream) -> bool {
-    let mut probe = [0u8; 1];
-    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-}
-
-async fn connect(target: &Target<'_>) -> io::Result<Conn> {
-    let host = target.host.trim_start_matches('[').trim_end_matches(']');
-    let stream = match host.parse::<IpAddr>() {
-        Ok(ip) => TcpStream::connect(SocketAddr::new(ip, target.port)).await?,
-        Err(_) => TcpStream::connect((host, target.port)).await?,
-    };
-    stream.set_nodelay(true)?;
+/// Opens a connection (a TLS one when `tls` is given: the handshake is part of the
+/// connect timeout).
+async fn connect(
+    target: &Target<'_>,
+    tls: Option<&tokio_rustls::TlsConnector>,
+) -> io::Result<Conn> {
     Ok(Conn {
-        stream,
+        stream: Stream::open(target.host, target.port, tls).await?,
         buf: Vec::with_capacity(READ_BUFFER_BYTES),
     })
 }
@@ -290,6 +314,8 @@ async fn exchange(
     limits: &ClientLimits,
 ) -> Result<(Response, Option<Conn>), ClientError> {
     conn.stream.write_all(request).await?;
+    // A TLS session may hold back the last record until flushed; a TCP flush is a no-op.
+    conn.stream.flush().await?;
     conn.buf.clear();
     loop {
         let head = read_head(&mut conn, head_only, limits).await?;
@@ -519,13 +545,21 @@ async fn read_line(conn: &mut Conn) -> Result<Vec<u8>, ClientError> {
 
 fn parse_url(url: &str) -> Result<Target<'_>, ClientError> {
     let invalid = |why: &str| ClientError::Invalid(format!("{why}: {url:?}"));
-    let rest = url
-        .get(..7)
-        .filter(|s| s.eq_ignore_ascii_case("http://"))
-        .map(|_| &url[7..])
-        .ok_or_else(|| invalid("only http:// URLs are supported"))?;
+    let scheme = |name: &str| {
+        url.get(..name.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(name))
+    };
+    let (tls, scheme_len, default_port) = if scheme("http://") {
+        (false, 7, 80)
+    } else if scheme("https://") {
+        (true, 8, 443)
+    } else {
+        return Err(invalid("only http:// and https:// URLs are supported"));
+    };
+    let rest = &url[scheme_len..];
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(end);
+    let origin = &url[..scheme_len + end];
     if authority.is_empty() || authority.contains('@') {
         return Err(invalid("no host, or user info in the URL"));
     }
@@ -536,7 +570,7 @@ fn parse_url(url: &str) -> Result<Target<'_>, ClientError> {
                 .map_err(|_| invalid("bad port"))?;
             (&authority[..at], port)
         }
-        _ => (authority, 80),
+        _ => (authority, default_port),
     };
     if host.is_empty() {
         return Err(invalid("no host"));
@@ -546,6 +580,8 @@ fn parse_url(url: &str) -> Result<Target<'_>, ClientError> {
         return Err(invalid("bad path"));
     }
     Ok(Target {
+        origin,
+        tls,
         authority,
         host,
         port,
@@ -599,8 +635,9 @@ fn write_head(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     fn limits() -> ClientLimits {
         ClientLimits {
@@ -706,6 +743,8 @@ mod tests {
         assert_eq!(
             t,
             Target {
+                origin: "http://127.0.0.1:3000",
+                tls: false,
                 authority: "127.0.0.1:3000",
                 host: "127.0.0.1",
                 port: 3000,
@@ -718,8 +757,16 @@ mod tests {
         assert_eq!((t.host, t.port), ("[::1]", 8080));
         let t = parse_url("http://[::1]/x").expect("url");
         assert_eq!((t.host, t.port), ("[::1]", 80));
+        let t = parse_url("HTTPS://dfsp.example/x?y").expect("url");
+        assert_eq!(
+            (t.origin, t.tls, t.host, t.port, t.path),
+            ("HTTPS://dfsp.example", true, "dfsp.example", 443, "/x?y")
+        );
+        let t = parse_url("https://[::1]:8443/x").expect("url");
+        assert_eq!((t.origin, t.port), ("https://[::1]:8443", 8443));
         for bad in [
-            "https://a/x",
+            "httpx://a/x",
+            "https:/a",
             "ftp://a",
             "http://",
             "http://:80/x",

@@ -5,6 +5,7 @@
 //! Only this crate knows HTTP and JSON.
 
 pub mod admin;
+pub mod auth;
 pub mod client;
 pub mod engine_errors;
 pub mod fspiop;
@@ -36,6 +37,8 @@ pub enum GatewayError {
     Registry(#[from] registry::RegistryError),
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("admin credentials: {0}")]
+    Auth(#[from] auth::AuthError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -73,6 +76,15 @@ pub struct Config {
     pub fspiop_tls: Option<tls::ServerTls>,
     /// Proxies whose `x-forwarded-client-cert` names the DFSP (see `identity`).
     pub trusted_proxies: Vec<identity::Network>,
+    /// How `https://` callbacks are made (CA, the hub's client certificate).
+    pub callback_tls: tls::CallbackTls,
+    /// TLS on the admin listener (`None`: plain HTTP); its client CA makes operators
+    /// authenticate with certificates (see `auth`).
+    pub admin_tls: Option<tls::ServerTls>,
+    /// The admin bearer tokens file (`NAME TOKEN` lines, mode 600).
+    pub admin_tokens: Option<PathBuf>,
+    /// `Host` names the admin API answers to (empty: see `auth` for the default).
+    pub admin_allowed_hosts: Vec<String>,
 }
 
 impl Default for Config {
@@ -86,6 +98,10 @@ impl Default for Config {
             limits: engine::limits::Limits::default(),
             fspiop_tls: None,
             trusted_proxies: Vec::new(),
+            callback_tls: tls::CallbackTls::default(),
+            admin_tls: None,
+            admin_tokens: None,
+            admin_allowed_hosts: Vec::new(),
         }
     }
 }
@@ -96,6 +112,8 @@ pub struct EmbeddedHub {
     pub admin_addr: SocketAddr,
     /// Whether the FSPIOP listener speaks TLS (`https://`).
     pub fspiop_tls: bool,
+    /// Whether the admin listener speaks TLS (`https://`).
+    pub admin_tls: bool,
     hub: Hub,
     notifier: Arc<notifier::Notifier>,
     notifier_task: tokio::task::JoinHandle<()>,
@@ -131,6 +149,13 @@ impl EmbeddedHub {
             trusted_proxies: config.trusted_proxies.clone(),
         });
         warn_if_unauthenticated(&dfsp_trust);
+        let callback_tls = Arc::new(tls::client_config(&config.callback_tls)?);
+        let admin_tls = config
+            .admin_tls
+            .as_ref()
+            .map(tls::server_config)
+            .transpose()?;
+        let admin_guard = Arc::new(admin_guard(&config)?);
         let (hub, events) = Hub::open(HubConfig {
             data_dir: config.data_dir.clone(),
             partitions: config.partitions,
@@ -138,8 +163,12 @@ impl EmbeddedHub {
         })?;
         let registry = Arc::new(registry::Registry::load(&hub)?);
         let metrics = Arc::new(metrics::Metrics::default());
-        let notifier =
-            notifier::Notifier::new(registry.clone(), metrics.clone(), config.hub_name.clone());
+        let notifier = notifier::Notifier::with_tls(
+            registry.clone(),
+            metrics.clone(),
+            config.hub_name.clone(),
+            Some(callback_tls),
+        );
         let notifier_task = tokio::spawn(notifier.clone().run(events));
         let state = actix_web::web::Data::new(AppState {
             hub: hub.clone(),
@@ -181,8 +210,12 @@ impl EmbeddedHub {
         })?;
         let admin_state = state.clone();
         let admin = actix_web::HttpServer::new(move || {
+            let guard = admin_guard.clone();
             actix_web::App::new()
                 .wrap(fspiop_error_bodies())
+                .wrap(actix_web::middleware::from_fn(move |req, next| {
+                    auth::guard_admin(guard.clone(), req, next)
+                }))
                 .app_data(admin_state.clone())
                 .app_data(actix_web::web::PayloadConfig::new(REQUEST_BODY_BYTES_MAX))
                 .configure(admin::routes)
@@ -190,7 +223,11 @@ impl EmbeddedHub {
         })
         .workers(1)
         .disable_signals()
-        .bind(&config.admin_listen)
+        .on_connect(tls::record_peer_certificate);
+        let admin = match admin_tls {
+            Some(tls) => admin.bind_rustls_0_23(&config.admin_listen, tls),
+            None => admin.bind(&config.admin_listen),
+        }
         .map_err(|source| GatewayError::Listen {
             addr: config.admin_listen.clone(),
             source,
@@ -207,6 +244,7 @@ impl EmbeddedHub {
             fspiop_addr,
             admin_addr,
             fspiop_tls: config.fspiop_tls.is_some(),
+            admin_tls: config.admin_tls.is_some(),
             hub,
             notifier,
             notifier_task,
@@ -290,6 +328,61 @@ fn warn_if_unauthenticated(trust: &identity::DfspTrust) {
              that sets x-forwarded-client-cert)."
         );
     }
+}
+
+/// The admin listener's checks from the configuration (see `auth`), saying loudly when
+/// the admin API asks for no credential.
+fn admin_guard(config: &Config) -> Result<auth::AdminGuard, GatewayError> {
+    let tokens = config
+        .admin_tokens
+        .as_deref()
+        .map(auth::AdminTokens::load)
+        .transpose()?;
+    let loopback = match config.admin_listen.parse::<SocketAddr>() {
+        Ok(addr) => addr.ip().is_loopback(),
+        Err(_) => config.admin_listen.starts_with("localhost:"),
+    };
+    if config.admin_allowed_hosts.len() > auth::ADMIN_ALLOWED_HOSTS_MAX {
+        return Err(GatewayError::Auth(auth::AuthError::Config(format!(
+            "more than {} allowed admin hosts",
+            auth::ADMIN_ALLOWED_HOSTS_MAX
+        ))));
+    }
+    let allowed_hosts = if !config.admin_allowed_hosts.is_empty() {
+        Some(
+            config
+                .admin_allowed_hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .collect(),
+        )
+    } else if loopback {
+        Some(auth::LOOPBACK_HOSTS.iter().map(|h| h.to_string()).collect())
+    } else {
+        tracing::warn!(
+            listen = %config.admin_listen,
+            "the admin listener checks no Host header: give --admin-allowed-host"
+        );
+        None
+    };
+    let guard = auth::AdminGuard {
+        tokens,
+        client_certificates: config
+            .admin_tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca.is_some()),
+        allowed_hosts,
+    };
+    if !guard.authenticates() {
+        tracing::warn!(
+            listen = %config.admin_listen,
+            loopback,
+            "THE ADMIN API ASKS FOR NO CREDENTIAL: whoever reaches it can record funds, change \
+             limits and redirect callbacks. Give --admin-tokens, or --admin-tls-cert, \
+             --admin-tls-key and --admin-client-ca."
+        );
+    }
+    Ok(guard)
 }
 
 fn first_addr(addrs: Vec<SocketAddr>, wanted: &str) -> Result<SocketAddr, GatewayError> {

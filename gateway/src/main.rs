@@ -41,6 +41,35 @@ struct Args {
     /// x-forwarded-client-cert names the DFSP; repeat it, or separate with commas.
     #[arg(long, env = "HUB_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxy: Vec<gateway::identity::Network>,
+    /// PEM CA bundle that DFSPs' https:// callback servers must chain to (default: the
+    /// operating system's trust store).
+    #[arg(long, env = "HUB_CALLBACK_CA")]
+    callback_ca: Option<PathBuf>,
+    /// PEM certificate (chain) the hub presents to DFSP callback servers that ask for one.
+    #[arg(long, env = "HUB_CALLBACK_CERT", requires = "callback_key")]
+    callback_cert: Option<PathBuf>,
+    /// PEM private key of `--callback-cert`.
+    #[arg(long, env = "HUB_CALLBACK_KEY", requires = "callback_cert")]
+    callback_key: Option<PathBuf>,
+    /// File of admin bearer tokens, one `NAME TOKEN` a line (the name is who, in the
+    /// audit); it must be readable by its owner only.
+    #[arg(long, env = "HUB_ADMIN_TOKENS")]
+    admin_tokens: Option<PathBuf>,
+    /// PEM certificate (chain) of the admin listener: it then speaks TLS only.
+    #[arg(long, env = "HUB_ADMIN_TLS_CERT", requires = "admin_tls_key")]
+    admin_tls_cert: Option<PathBuf>,
+    /// PEM private key of `--admin-tls-cert`.
+    #[arg(long, env = "HUB_ADMIN_TLS_KEY", requires = "admin_tls_cert")]
+    admin_tls_key: Option<PathBuf>,
+    /// PEM CA bundle operators' client certificates must chain to (their subject CN is
+    /// who, in the audit).
+    #[arg(long, env = "HUB_ADMIN_CLIENT_CA", requires = "admin_tls_cert")]
+    admin_client_ca: Option<PathBuf>,
+    /// Host name the admin API answers to (the Host header, port optional); repeat it, or
+    /// separate with commas. Default: localhost, 127.0.0.1 and [::1] when the admin
+    /// listener is on loopback, any host otherwise.
+    #[arg(long, env = "HUB_ADMIN_ALLOWED_HOSTS", value_delimiter = ',')]
+    admin_allowed_host: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,13 +98,29 @@ fn main() -> anyhow::Result<()> {
                 }
             }),
             trusted_proxies: args.trusted_proxy,
+            callback_tls: gateway::tls::CallbackTls {
+                ca: args.callback_ca,
+                cert: args.callback_cert,
+                key: args.callback_key,
+            },
+            admin_tls: args
+                .admin_tls_cert
+                .zip(args.admin_tls_key)
+                .map(|(cert, key)| gateway::tls::ServerTls {
+                    cert,
+                    key,
+                    client_ca: args.admin_client_ca,
+                }),
+            admin_tokens: args.admin_tokens,
+            admin_allowed_hosts: args.admin_allowed_host,
             ..Config::default()
         };
         let hub = EmbeddedHub::start(config).await?;
         // Machine-readable, for scripts and tests that start the hub on port 0.
         let scheme = if hub.fspiop_tls { "https" } else { "http" };
         println!("fspiop listening on {scheme}://{}", hub.fspiop_addr);
-        println!("admin listening on http://{}", hub.admin_addr);
+        let scheme = if hub.admin_tls { "https" } else { "http" };
+        println!("admin listening on {scheme}://{}", hub.admin_addr);
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

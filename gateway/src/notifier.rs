@@ -125,8 +125,20 @@ pub struct Notifier {
 }
 
 impl Notifier {
+    /// A notifier for `http://` endpoints only.
     pub fn new(registry: Arc<Registry>, metrics: Arc<Metrics>, hub_name: String) -> Arc<Notifier> {
-        let client = Client::new(ClientLimits {
+        Notifier::with_tls(registry, metrics, hub_name, None)
+    }
+
+    /// A notifier that also calls `https://` endpoints, with this TLS configuration (the
+    /// CAs DFSP servers must chain to, and the hub's own certificate if it has one).
+    pub fn with_tls(
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        hub_name: String,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Arc<Notifier> {
+        let limits = ClientLimits {
             exchange_timeout: Duration::from_millis(CALLBACK_TIMEOUT_MS),
             connect_timeout: Duration::from_millis(CALLBACK_TIMEOUT_MS),
             idle_timeout: Duration::from_millis(CALLBACK_POOL_IDLE_MS),
@@ -134,7 +146,11 @@ impl Notifier {
             idle_total_max: CALLBACK_IDLE_TOTAL_MAX,
             response_head_bytes_max: CALLBACK_RESPONSE_HEAD_BYTES_MAX,
             response_body_bytes_max: CALLBACK_RESPONSE_BODY_BYTES_MAX,
-        });
+        };
+        let client = match tls {
+            Some(tls) => Client::with_tls(limits, tls),
+            None => Client::new(limits),
+        };
         Arc::new(Notifier {
             registry,
             metrics,

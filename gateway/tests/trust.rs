@@ -7,7 +7,7 @@ mod common;
 mod pki;
 
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::ffi::OsStr;
 use std::time::Duration;
 
@@ -429,4 +429,346 @@ async fn without_authentication_the_hub_says_so_at_start_up() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(warned, "no start-up warning; stderr was {seen:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_callbacks_check_the_dfsp_and_present_the_hubs_certificate() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scheme = pki::Ca::new(dir.path(), "scheme");
+    let rogue = pki::Ca::new(dir.path(), "rogue");
+    // The DFSPs' callback server asks for the hub's certificate, from the scheme's CA.
+    let receiver = pki::TlsReceiver::start(pki::server_config(
+        &scheme.server("dfsps"),
+        Some(&scheme.pem),
+    ))
+    .await;
+    // A server whose certificate the hub must not trust.
+    let impostor = pki::TlsReceiver::start(pki::server_config(&rogue.server("dfsps"), None)).await;
+    let hub_identity = scheme.client("hub");
+    let data = dir.path().join("data");
+    let hub = HubProcess::start_with(
+        &data,
+        &[
+            OsStr::new("--callback-ca"),
+            scheme.pem.as_os_str(),
+            OsStr::new("--callback-cert"),
+            hub_identity.cert.as_os_str(),
+            OsStr::new("--callback-key"),
+            hub_identity.key.as_os_str(),
+        ],
+    );
+    let http = Http::default();
+    let at = |addr: std::net::SocketAddr, name: &str| format!("https://{addr}/{name}");
+    provision_at(
+        &http,
+        &hub.admin,
+        &at(receiver.addr, PAYER),
+        PAYER,
+        "1000",
+        "1000",
+    )
+    .await;
+    provision_at(
+        &http,
+        &hub.admin,
+        &at(receiver.addr, PAYEE),
+        PAYEE,
+        "1000",
+        "1000",
+    )
+    .await;
+    provision_at(
+        &http,
+        &hub.admin,
+        &at(impostor.addr, "roguefsp"),
+        "roguefsp",
+        "1000",
+        "1000",
+    )
+    .await;
+    let posts = format!("{}/transfers", hub.fspiop);
+
+    let (st, v) = http
+        .send(
+            "POST",
+            &posts,
+            &fspiop_headers(PAYER, PAYEE),
+            &prepare_body(1, PAYER, PAYEE, "10", 60_000).to_string(),
+        )
+        .await;
+    assert_eq!(st, 202, "{v}");
+    let forwarded = receiver
+        .wait_for("prepare forwarded over TLS", |g| {
+            g.dfsp == PAYEE && g.method == "POST" && g.path == "/transfers"
+        })
+        .await;
+    assert_eq!(forwarded.body["transferId"], tid(1));
+    assert_eq!(
+        forwarded.client_cn.as_deref(),
+        Some("hub"),
+        "the hub's certificate"
+    );
+    let mut headers = fspiop_headers(PAYEE, PAYER);
+    headers.retain(|(n, _)| *n != "accept");
+    let (st, v) = http
+        .send(
+            "PUT",
+            &transfer_url(&hub.fspiop, 1),
+            &headers,
+            &fulfil_body(1, "COMMITTED").to_string(),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let path = format!("/transfers/{}", tid(1));
+    let done = receiver
+        .wait_for("payer told over TLS", |g| {
+            g.dfsp == PAYER && g.method == "PUT" && g.path == path
+        })
+        .await;
+    assert_eq!(done.body["transferState"], "COMMITTED");
+
+    // A payee whose callback server the hub cannot verify gets nothing: the handshake
+    // fails, no request is written.
+    let (st, v) = http
+        .send(
+            "POST",
+            &posts,
+            &fspiop_headers(PAYER, "roguefsp"),
+            &prepare_body(2, PAYER, "roguefsp", "10", 60_000).to_string(),
+        )
+        .await;
+    assert_eq!(st, 202, "{v}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while impostor
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst)
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hub never tried the rogue server"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        impostor.got.lock().expect("log").is_empty(),
+        "a request reached a server with an untrusted certificate"
+    );
+    hub.kill();
+}
+
+const OPS_TOKEN: &str = "ops-0123456789abcdef0123456789abcdef";
+
+/// A tokens file with one operator, readable by its owner only.
+fn tokens_file(dir: &std::path::Path, mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(format!("admin-tokens-{mode:o}"));
+    std::fs::write(&path, format!("# name token\nops-alice {OPS_TOKEN}\n")).expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    path
+}
+
+fn json_headers(token: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut headers = vec![("content-type", "application/json".to_string())];
+    if let Some(token) = token {
+        headers.push(("authorization", format!("Bearer {token}")));
+    }
+    headers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_needs_a_token_json_and_its_own_host_name() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A tokens file others can read stops the hub before it listens.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args([
+            "--fspiop-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("refused"))
+        .arg("--admin-tokens")
+        .arg(tokens_file(dir.path(), 0o644))
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run gateway");
+    assert!(
+        !status.success(),
+        "started with a world-readable tokens file"
+    );
+
+    let tokens = tokens_file(dir.path(), 0o600);
+    let hub = HubProcess::start_with(
+        &dir.path().join("data"),
+        &[OsStr::new("--admin-tokens"), tokens.as_os_str()],
+    );
+    let http = Http::default();
+    let admin = &hub.admin;
+    let create = json!({"name": PAYER, "currency": "USD"}).to_string();
+    let participants = format!("{admin}/participants");
+
+    // No token, a wrong token, a token under another scheme: 401, nothing created.
+    for (token, what) in [
+        (None, "no token"),
+        (
+            Some("ops-0123456789abcdef0123456789abcdeX"),
+            "a wrong token",
+        ),
+    ] {
+        let (st, v) = http
+            .send("POST", &participants, &json_headers(token), &create)
+            .await;
+        assert_eq!(st, 401, "{what}: {v}");
+        let (st, _) = http
+            .send("GET", &participants, &json_headers(token), "")
+            .await;
+        assert_eq!(st, 401, "{what}: reading is refused too");
+    }
+    let basic = vec![
+        ("content-type", "application/json".to_string()),
+        ("authorization", format!("Basic {OPS_TOKEN}")),
+    ];
+    assert_eq!(
+        http.send("POST", &participants, &basic, &create).await.0,
+        401
+    );
+    // The probes need no credential.
+    let (st, _) = http.text(&format!("{admin}/health/live")).await;
+    assert_eq!(st, 200);
+
+    // A browser's cross-site form (or a body without a type) is not a change: 415.
+    for content_type in ["text/plain", "application/x-www-form-urlencoded", ""] {
+        let mut headers = json_headers(Some(OPS_TOKEN));
+        headers[0].1 = content_type.to_string();
+        headers.retain(|(_, v)| !v.is_empty());
+        let (st, v) = http.send("POST", &participants, &headers, &create).await;
+        assert_eq!(st, 415, "{content_type:?}: {v}");
+    }
+    // A Host that is not the hub's (DNS rebinding) is refused even with the token.
+    let mut rebound = json_headers(Some(OPS_TOKEN));
+    rebound.push(("host", "attacker.example:3001".to_string()));
+    let (st, v) = http.send("POST", &participants, &rebound, &create).await;
+    assert_eq!(st, 403, "{v}");
+    let (st, v) = http
+        .send("GET", &participants, &json_headers(Some(OPS_TOKEN)), "")
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let names: Vec<&Value> = v
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|p| &p["name"])
+        .collect();
+    assert_eq!(
+        names,
+        [&json!("Hub")],
+        "no refused request created anything"
+    );
+
+    // The operator's token works.
+    let (st, v) = http
+        .send(
+            "POST",
+            &participants,
+            &json_headers(Some(OPS_TOKEN)),
+            &create,
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    // Recording funds without the token moves no money.
+    let (_, accounts) = http
+        .send(
+            "GET",
+            &format!("{participants}/{PAYER}/accounts"),
+            &json_headers(Some(OPS_TOKEN)),
+            "",
+        )
+        .await;
+    let settlement = accounts
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["ledgerAccountType"] == "SETTLEMENT"))
+        .cloned()
+        .expect("settlement account");
+    let funds = json!({"transferId": "9f000000-0000-4000-8000-00000000aaaa",
+        "externalReference": "impostor", "action": "recordFundsIn", "reason": "impostor",
+        "amount": {"amount": "1000000", "currency": "USD"}})
+    .to_string();
+    let funds_url = format!("{participants}/{PAYER}/accounts/{}", settlement["id"]);
+    let (st, v) = http
+        .send("POST", &funds_url, &json_headers(None), &funds)
+        .await;
+    assert_eq!(st, 401, "{v}");
+    let (_, after) = http
+        .send(
+            "GET",
+            &format!("{participants}/{PAYER}/accounts"),
+            &json_headers(Some(OPS_TOKEN)),
+            "",
+        )
+        .await;
+    let after = after
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["ledgerAccountType"] == "SETTLEMENT"))
+        .cloned()
+        .expect("settlement account");
+    assert_eq!(after["value"], settlement["value"], "no funds recorded");
+    hub.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_may_authenticate_with_client_certificates() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let operators = pki::Ca::new(dir.path(), "operators");
+    let rogue = pki::Ca::new(dir.path(), "rogue");
+    let server = operators.server("admin");
+    let hub = HubProcess::start_with(
+        &dir.path().join("data"),
+        &[
+            OsStr::new("--admin-tls-cert"),
+            server.cert.as_os_str(),
+            OsStr::new("--admin-tls-key"),
+            server.key.as_os_str(),
+            OsStr::new("--admin-client-ca"),
+            operators.pem.as_os_str(),
+        ],
+    );
+    assert!(hub.admin.starts_with("https://"), "{}", hub.admin);
+    let participants = format!("{}/participants", hub.admin);
+    let create = json!({"name": PAYER, "currency": "USD"}).to_string();
+    let operator = pki::TlsHttp::new(&operators.pem, Some(&operators.client("ops-alice")));
+    let (st, v) = operator
+        .send("POST", &participants, &json_headers(None), &create)
+        .await
+        .expect("operator answered");
+    assert_eq!(st, 201, "{v}");
+    for (client, what) in [
+        (pki::TlsHttp::new(&operators.pem, None), "no certificate"),
+        (
+            pki::TlsHttp::new(&operators.pem, Some(&rogue.client("ops-alice"))),
+            "another CA's certificate",
+        ),
+    ] {
+        let answer = client
+            .send("GET", &participants, &json_headers(None), "")
+            .await;
+        assert!(answer.is_err(), "{what}: {answer:?}");
+    }
+    let (st, v) = operator
+        .send("GET", &participants, &json_headers(None), "")
+        .await
+        .expect("operator answered");
+    assert_eq!(st, 200);
+    let created = v
+        .as_array()
+        .is_some_and(|a| a.iter().any(|p| p["name"] == PAYER));
+    assert!(created, "{v}");
+    hub.kill();
 }

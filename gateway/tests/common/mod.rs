@@ -367,6 +367,19 @@ pub async fn provision(
     ndc: &str,
     funds: &str,
 ) {
+    let base = format!("http://{}/{name}", dfsps.addr);
+    provision_at(http, admin, &base, name, ndc, funds).await;
+}
+
+/// Provisions a DFSP in USD with its endpoints under `base` (`scheme://host:port/prefix`).
+pub async fn provision_at(
+    http: &Http,
+    admin: &str,
+    base: &str,
+    name: &str,
+    ndc: &str,
+    funds: &str,
+) {
     let (st, _) = http
         .admin(
             "POST",
@@ -394,7 +407,6 @@ pub async fn provision(
         )
         .await;
     assert_eq!(st, 202, "funds in {name}");
-    let base = format!("http://{}/{name}", dfsps.addr);
     for (kind, value) in [
         (
             "FSPIOP_CALLBACK_URL_TRANSFER_POST",

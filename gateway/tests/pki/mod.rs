@@ -228,3 +228,105 @@ impl TlsHttp {
             .map_err(|_| "timed out".to_string())?
     }
 }
+
+/// One request a TLS callback receiver got.
+#[derive(Debug, Clone)]
+pub struct Got {
+    pub dfsp: String,
+    pub method: String,
+    pub path: String,
+    pub body: Value,
+    /// The subject CN of the certificate the hub presented, if any.
+    pub client_cn: Option<String>,
+}
+
+/// A DFSP callback server over TLS (each DFSP under its own path prefix), answering 200.
+pub struct TlsReceiver {
+    pub addr: SocketAddr,
+    pub got: Arc<std::sync::Mutex<Vec<Got>>>,
+    /// TCP connections accepted (handshakes tried).
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl TlsReceiver {
+    pub async fn start(config: rustls::ServerConfig) -> TlsReceiver {
+        use hyper::body::Incoming;
+        use hyper::service::service_fn;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let got: Arc<std::sync::Mutex<Vec<Got>>> = Arc::default();
+        let connections: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let (log, count) = (got.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (acceptor, log) = (acceptor.clone(), log.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let client_cn = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| gateway::tls::subject_common_name(c.as_ref()));
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (log, client_cn) = (log.clone(), client_cn.clone());
+                        async move {
+                            let method = req.method().to_string();
+                            let full = req.uri().path().to_string();
+                            let bytes = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let (dfsp, path) = match full.trim_start_matches('/').split_once('/') {
+                                Some((d, rest)) => (d.to_string(), format!("/{rest}")),
+                                None => (full.clone(), String::new()),
+                            };
+                            log.lock().expect("log").push(Got {
+                                dfsp,
+                                method,
+                                path,
+                                body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                                client_cn,
+                            });
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                Bytes::new(),
+                            )))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        TlsReceiver {
+            addr,
+            got,
+            connections,
+        }
+    }
+
+    /// Waits (up to 10 s) for a request matching `pred`.
+    pub async fn wait_for(&self, what: &str, pred: impl Fn(&Got) -> bool) -> Got {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(g) = self.got.lock().expect("log").iter().find(|g| pred(g)) {
+                return g.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no callback: {what}; got {:#?}",
+                self.got.lock().expect("log")
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}

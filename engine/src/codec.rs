@@ -117,7 +117,8 @@ impl RecordKind {
         match self {
             RecordKind::WalBatch => 1,
             RecordKind::Snapshot => 1,
-            RecordKind::PartitionState => 1,
+            // 2: the settlement book (machine::settlement) appended.
+            RecordKind::PartitionState => 2,
             RecordKind::ArchiveRecord => 1,
             RecordKind::ArchiveRunMeta => 1,
         }

@@ -10,6 +10,7 @@
 //!   reply). Events are released only after the batch that produced them is durable.
 
 use crate::ids::{AccountKey, Currency, FspId, TransferId};
+use crate::machine::settlement::{SettleStep, SettlementId, WindowId};
 use serde::{Deserialize, Serialize};
 
 /// Hub time in milliseconds since the Unix epoch. Enters the engine only inside commands.
@@ -161,6 +162,17 @@ pub enum Admin {
     FundsOutAbort {
         account: AccountKey,
         funds_id: TransferId,
+    },
+    /// Every partition: commits from here on count in the next settlement window
+    /// (`machine::settlement`). Each partition answers.
+    CloseWindow { window: WindowId },
+    /// Home only: one step of a settlement for one account; `net` is the account's net in
+    /// the settlement (positive: a net sender).
+    Settle {
+        account: AccountKey,
+        settlement: SettlementId,
+        step: SettleStep,
+        net: i64,
     },
 }
 

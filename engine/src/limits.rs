@@ -114,6 +114,17 @@ pub const ADMIN_RETRY_WAIT_MS: u64 = 20;
 /// Bound on queued read queries per partition.
 pub const QUERY_QUEUE_MAX: usize = 1_024;
 
+// ----- settlement ----------------------------------------------------------------------
+
+/// Closed settlement windows whose nets each partition keeps (`machine::settlement`); the
+/// hub reads a window's nets right after closing it, so a few are plenty.
+pub const CLOSED_WINDOWS_KEPT_MAX: usize = 16;
+/// Settlement windows and settlements the hub's settlement book keeps (then the oldest
+/// settled or aborted ones are forgotten).
+pub const SETTLEMENT_BOOK_ENTRIES_MAX: usize = 10_000;
+/// Accounts one settlement may cover (each is one admin step per state change).
+pub const SETTLEMENT_ACCOUNTS_MAX: usize = 100_000;
+
 // ----- the partition actor -------------------------------------------------------------
 
 /// Batches applied ahead of durability, per partition: batch k+1 is applied while batch

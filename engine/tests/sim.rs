@@ -85,6 +85,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 mod sim_disk;
+mod sim_settlement;
+
+use engine::machine::settlement::SettleStep;
+use sim_settlement::{Send, Settling};
 
 // ----- a PRNG whose output never changes --------------------------------------------------
 
@@ -171,11 +175,12 @@ fn default_config() -> Config {
         Err(_) | Ok("") | Ok("none") => Fault::None,
         Ok("skip-limit-check") => Fault::SkipLimitCheck,
         Ok("double-apply-grant") => Fault::DoubleApplyGrant,
+        Ok("count-commit-twice") => Fault::CountCommitTwice,
         Ok("confirm-at-stage" | "recovery-drops-outbox" | "ignore-sync-error" | "lying-sync") => {
             Fault::None
         }
         Ok(other) => panic!(
-            "SIM_FAULT={other}: use skip-limit-check, double-apply-grant, confirm-at-stage, \
+            "SIM_FAULT={other}: use skip-limit-check, double-apply-grant, count-commit-twice, confirm-at-stage, \
              recovery-drops-outbox, ignore-sync-error or lying-sync"
         ),
     };
@@ -224,6 +229,8 @@ enum Action {
     FundsIn,
     FundsOutReserve,
     FundsOutFinish,
+    CloseWindow,
+    Settle,
     // The engine and the network.
     Apply,
     Flush,
@@ -246,6 +253,8 @@ const ACTIONS: &[(Action, usize)] = &[
     (Action::FundsIn, 2),
     (Action::FundsOutReserve, 1),
     (Action::FundsOutFinish, 1),
+    (Action::CloseWindow, 1),
+    (Action::Settle, 2),
     (Action::Apply, 36),
     (Action::Flush, 14),
     (Action::Release, 4),
@@ -428,6 +437,16 @@ enum AdminOp {
         amount: i64,
         funds_id: TransferId,
     },
+    /// The close of `window` on one partition.
+    CloseWindow {
+        window: u64,
+        partition: u32,
+    },
+    Settle {
+        account: AccountKey,
+        step: SettleStep,
+        net: i64,
+    },
 }
 
 impl AdminOp {
@@ -437,6 +456,11 @@ impl AdminOp {
             AdminOp::Limits { account, .. }
             | AdminOp::SetNdc { account, .. }
             | AdminOp::OutReserve { account, .. } => Some(account),
+            AdminOp::Settle {
+                account,
+                step: SettleStep::Reserve,
+                net,
+            } if net < 0 => Some(account),
             _ => None,
         }
     }
@@ -481,6 +505,24 @@ impl BankRef {
                 self.liquidity -= Money::from(amount);
             }
             AdminOp::OutAbort { amount, .. } => self.out_reserved -= Money::from(amount),
+            AdminOp::CloseWindow { .. } => {}
+            // What `machine::settlement` documents: a receiver's position rises back at the
+            // reserve (undone by an abort); at the commit a sender's position and cover fall
+            // by its net and a receiver's cover rises by it.
+            AdminOp::Settle { step, net, .. } => {
+                let net = Money::from(net);
+                match step {
+                    SettleStep::Reserve if net < 0 => self.base_position -= net,
+                    SettleStep::Abort if net < 0 => self.base_position += net,
+                    SettleStep::Reserve | SettleStep::Abort => {}
+                    SettleStep::Commit => {
+                        self.liquidity -= net;
+                        if net > 0 {
+                            self.base_position -= net;
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -526,6 +568,9 @@ struct Stats {
     admin_ok: u64,
     admin_refused: u64,
     negative_bank: u64,
+    windows_closed: u64,
+    settlements_committed: u64,
+    settlements_aborted: u64,
 }
 
 impl Stats {
@@ -568,6 +613,9 @@ impl Stats {
         self.admin_ok += o.admin_ok;
         self.admin_refused += o.admin_refused;
         self.negative_bank += o.negative_bank;
+        self.windows_closed += o.windows_closed;
+        self.settlements_committed += o.settlements_committed;
+        self.settlements_aborted += o.settlements_aborted;
     }
 }
 
@@ -585,6 +633,7 @@ impl fmt::Display for Failure {
         let fault = match self.config.fault {
             Fault::SkipLimitCheck => "SIM_FAULT=skip-limit-check ",
             Fault::DoubleApplyGrant => "SIM_FAULT=double-apply-grant ",
+            Fault::CountCommitTwice => "SIM_FAULT=count-commit-twice ",
             Fault::None if self.config.lying_disk => "SIM_FAULT=lying-sync ",
             Fault::None => match self.config.core_fault {
                 CoreFault::ConfirmAtStage => "SIM_FAULT=confirm-at-stage ",
@@ -644,6 +693,8 @@ struct Sim {
     banks: BTreeMap<AccountKey, BankRef>,
     /// Funds-out reservations told successful and not yet committed or aborted.
     funds_outs: Vec<(AccountKey, TransferId, i64)>,
+    /// The operator's settlement windows and settlements.
+    settling: Settling,
     stats: Stats,
     /// `SIM_TRACE=1`: print every action and batch (use with `SIM_SEED`).
     trace: bool,
@@ -740,6 +791,7 @@ impl Sim {
             next_transfer: 1,
             banks: BTreeMap::new(),
             funds_outs: Vec::new(),
+            settling: Settling::new(),
             stats: Stats::default(),
             trace: env_u64("SIM_TRACE").is_some_and(|t| t != 0),
         }
@@ -760,6 +812,9 @@ impl Sim {
         }
         self.finish()?;
         self.stats.steps = self.step;
+        self.stats.windows_closed = self.settling.windows_closed;
+        self.stats.settlements_committed = self.settling.settlements_committed;
+        self.stats.settlements_aborted = self.settling.settlements_aborted;
         for node in &self.nodes {
             let disk = node.disk.stats();
             self.stats.sync_failures += disk.sync_failures;
@@ -832,6 +887,15 @@ impl Sim {
                     };
                     self.admin(op);
                 }
+            }
+            Action::CloseWindow => {
+                let send = self.settling.close();
+                self.send_settlement(send);
+            }
+            Action::Settle => {
+                let commit = self.rng.chance(75);
+                let send = self.settling.advance(commit);
+                self.send_settlement(send);
             }
             Action::Apply => {
                 let ready: Vec<usize> = (0..self.parts.len())
@@ -924,6 +988,54 @@ impl Sim {
         self.accounts[index]
     }
 
+    /// Appends what the settlement driver asks for to the partitions' logs.
+    fn send_settlement(&mut self, send: Send) {
+        match send {
+            Send::Nothing => {}
+            Send::Close { window } => {
+                for partition in 0..self.partitions {
+                    let request_id = self.next_request_id;
+                    self.next_request_id += 1;
+                    self.admin_ops
+                        .insert(request_id, AdminOp::CloseWindow { window, partition });
+                    let command = Command::Admin {
+                        now_ms: self.now_ms,
+                        request_id,
+                        admin: Admin::CloseWindow { window },
+                    };
+                    self.append(partition, command);
+                }
+            }
+            Send::Steps {
+                settlement,
+                step,
+                nets,
+            } => {
+                for (account, net) in nets {
+                    let request_id = self.next_request_id;
+                    self.next_request_id += 1;
+                    self.admin_ops
+                        .insert(request_id, AdminOp::Settle { account, step, net });
+                    if let Some(current) = &mut self.settling.current {
+                        current.waiting.insert(request_id);
+                    }
+                    let command = Command::Admin {
+                        now_ms: self.now_ms,
+                        request_id,
+                        admin: Admin::Settle {
+                            account,
+                            settlement,
+                            step,
+                            net,
+                        },
+                    };
+                    let home = self.home(&account);
+                    self.append(home, command);
+                }
+            }
+        }
+    }
+
     /// Sends an admin request to the account's home, remembering it by request id.
     fn admin(&mut self, op: AdminOp) {
         let request_id = self.next_request_id;
@@ -931,6 +1043,9 @@ impl Sim {
         self.admin_ops.insert(request_id, op);
         let (account, admin) = match op {
             AdminOp::Create => unreachable!("accounts are created in setup"),
+            AdminOp::CloseWindow { .. } | AdminOp::Settle { .. } => {
+                unreachable!("settlement requests are sent by send_settlement")
+            }
             AdminOp::Limits {
                 account,
                 position,
@@ -1621,6 +1736,20 @@ impl Sim {
                     .admin_ops
                     .get(request_id)
                     .ok_or_else(|| format!("result for unknown admin request {request_id}"))?;
+                match (op, code) {
+                    (AdminOp::CloseWindow { window, partition }, None) => {
+                        let parts: Vec<&PartitionState> =
+                            self.parts.iter().map(Part::state).collect();
+                        self.settling
+                            .close_acknowledged(window, partition, &parts)?;
+                    }
+                    (AdminOp::Settle { .. }, None) => self.settling.step_done(*request_id),
+                    (AdminOp::CloseWindow { .. } | AdminOp::Settle { .. }, Some(code)) => {
+                        // The driver sends only the open window and steps in order.
+                        return Err(format!("settlement request {op:?} refused with {code:?}"));
+                    }
+                    _ => {}
+                }
                 if code.is_none() {
                     self.stats.admin_ok += 1;
                     if let Some(account) = admin_account_of(&op) {
@@ -1776,15 +1905,32 @@ impl Sim {
             }
             *positions.entry(account.currency).or_default() += t.position;
         }
+        let parts: Vec<&PartitionState> = self.parts.iter().map(Part::state).collect();
+        // Settlement moves positions against the hub's multilateral account.
+        let multilateral = sim_settlement::multilateral(&parts);
         for (currency, initial) in &self.initial {
-            let now = positions.get(currency).copied().unwrap_or(0);
+            let now = positions.get(currency).copied().unwrap_or(0)
+                + multilateral.get(currency).copied().unwrap_or(0);
             if now != *initial {
                 return Err(format!(
-                    "invariant 2 broken for {currency:?}: positions sum to {now}, initial \
-                     positions to {initial}"
+                    "invariant 2 broken for {currency:?}: positions and the hub's multilateral \
+                     account sum to {now}, initial positions to {initial}"
                 ));
             }
         }
+        let liquidity: BTreeMap<AccountKey, Money> = self
+            .accounts
+            .iter()
+            .filter(|account| self.created(account))
+            .map(|account| {
+                let home = &self.parts[self.home(account) as usize];
+                let bank = home.state().accounts[account].bank.as_ref();
+                (*account, bank.map_or(0, |b| b.liquidity))
+            })
+            .collect();
+        sim_settlement::cover_accounting(&parts, &liquidity)?;
+        sim_settlement::window_accounting(&parts)?;
+        self.settling.closed_windows_unchanged(&parts)?;
         Ok(())
     }
 
@@ -2214,8 +2360,9 @@ fn headroom_carried(message: &PeerMessage) -> Option<(AccountKey, i64)> {
 
 fn admin_account_of(op: &AdminOp) -> Option<AccountKey> {
     match *op {
-        AdminOp::Create => None,
-        AdminOp::Limits { account, .. }
+        AdminOp::Create | AdminOp::CloseWindow { .. } => None,
+        AdminOp::Settle { account, .. }
+        | AdminOp::Limits { account, .. }
         | AdminOp::SetNdc { account, .. }
         | AdminOp::FundsIn { account, .. }
         | AdminOp::OutReserve { account, .. }
@@ -2328,6 +2475,9 @@ fn simulation_keeps_the_invariants() {
             ("messages dropped by the network", total.dropped_in_transit),
             ("results published again after a restart", total.republished),
             ("negative banks (limit below usage)", total.negative_bank),
+            ("settlement windows closed", total.windows_closed),
+            ("settlements committed", total.settlements_committed),
+            ("settlements aborted", total.settlements_aborted),
         ];
         for (what, count) in covered {
             assert!(count > 0, "the simulation never produced {what}: {total:?}");
@@ -2394,6 +2544,14 @@ fn grant_applied_twice_is_caught() {
     assert_fault_is_caught(|c| Config {
         fault: Fault::DoubleApplyGrant,
         ..c
+    });
+}
+
+#[test]
+fn commit_counted_in_two_windows_is_caught() {
+    assert_fault_is_caught(|config| Config {
+        fault: Fault::CountCommitTwice,
+        ..config
     });
 }
 

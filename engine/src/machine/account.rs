@@ -100,9 +100,22 @@ impl HomeRequest {
 /// Admin changes that lower an account's headroom.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Decrease {
-    SetNdc { ndc: i64 },
-    InitialPositionAndLimits { position: i64, ndc: i64 },
-    FundsOutReserve { amount: i64, funds_id: TransferId },
+    SetNdc {
+        ndc: i64,
+    },
+    InitialPositionAndLimits {
+        position: i64,
+        ndc: i64,
+    },
+    FundsOutReserve {
+        amount: i64,
+        funds_id: TransferId,
+    },
+    /// A net receiver's position rises back by `-net` (`machine::settlement`); never refused.
+    SettleReserve {
+        settlement: crate::machine::settlement::SettlementId,
+        net: i64,
+    },
 }
 
 /// Record of an admin funds movement, for idempotency and the two-phase funds out.

@@ -26,8 +26,9 @@ enum Change {
 /// The account an admin change is about; `None` for the participant-wide ones.
 fn admin_account(admin: &Admin) -> Option<AccountKey> {
     match admin {
-        Admin::CreateAccount { .. } | Admin::SetActive { .. } => None,
-        Admin::InitialPositionAndLimits { account, .. }
+        Admin::CreateAccount { .. } | Admin::SetActive { .. } | Admin::CloseWindow { .. } => None,
+        Admin::Settle { account, .. }
+        | Admin::InitialPositionAndLimits { account, .. }
         | Admin::SetNdc { account, .. }
         | Admin::FundsIn { account, .. }
         | Admin::FundsOutReserve { account, .. }
@@ -123,6 +124,15 @@ impl PartitionState {
                     out.events.push(admin_done(request_id, Ok(())));
                 }
             }
+            Admin::CloseWindow { window } => {
+                let result = self.settlement.close(window).map_err(|not_open| {
+                    admin_err(&format!(
+                        "window {window} is not open on partition {} (window {} is)",
+                        self.partition, not_open.open
+                    ))
+                });
+                out.events.push(admin_done(request_id, result));
+            }
             other => self.home_admin(request_id, other, out),
         }
     }
@@ -131,10 +141,18 @@ impl PartitionState {
     /// the bank as it is now.
     pub(super) fn admin_now(&mut self, request_id: u64, admin: Admin, out: &mut Output) {
         match admin {
-            Admin::CreateAccount { .. } | Admin::SetActive { .. } => out.events.push(admin_done(
-                request_id,
-                Err(admin_err("not a change of one account")),
-            )),
+            Admin::CreateAccount { .. } | Admin::SetActive { .. } | Admin::CloseWindow { .. } => {
+                out.events.push(admin_done(
+                    request_id,
+                    Err(admin_err("not a change of one account")),
+                ))
+            }
+            Admin::Settle {
+                account,
+                settlement,
+                step,
+                net,
+            } => self.settle_step(request_id, account, settlement, step, net, out),
             Admin::InitialPositionAndLimits {
                 account,
                 position,
@@ -163,26 +181,33 @@ impl PartitionState {
                 account,
                 amount,
                 funds_id,
-            } => self.admin_change(request_id, account, out, |bank| {
-                check_positive(amount)?;
-                match bank.funds.get(&funds_id) {
-                    Some(FundsRecord::In { amount: seen }) if *seen == amount => {
-                        return Ok(Change::Nothing)
+            } => {
+                let mut moved = 0;
+                self.admin_change(request_id, account, out, |bank| {
+                    check_positive(amount)?;
+                    match bank.funds.get(&funds_id) {
+                        Some(FundsRecord::In { amount: seen }) if *seen == amount => {
+                            return Ok(Change::Nothing)
+                        }
+                        Some(_) => {
+                            return Err((
+                                ErrorCode::ModifiedRequest,
+                                "funds transfer id already used".into(),
+                            ))
+                        }
+                        None => {}
                     }
-                    Some(_) => {
-                        return Err((
-                            ErrorCode::ModifiedRequest,
-                            "funds transfer id already used".into(),
-                        ))
-                    }
-                    None => {}
-                }
-                let before = bank.limit();
-                bank.liquidity = checked_add(bank.liquidity, Money::from(amount));
-                bank.bank = checked_add(bank.bank, bank.limit() - before);
-                bank.funds.insert(funds_id, FundsRecord::In { amount });
-                Ok(Change::Nothing)
-            }),
+                    let before = bank.limit();
+                    bank.liquidity = checked_add(bank.liquidity, Money::from(amount));
+                    bank.bank = checked_add(bank.bank, bank.limit() - before);
+                    bank.funds.insert(funds_id, FundsRecord::In { amount });
+                    moved = amount;
+                    Ok(Change::Nothing)
+                });
+                // Double entry: the money comes from the hub's reconciliation account.
+                let hub = self.settlement.hub_mut(account.currency);
+                hub.reconciliation = checked_sub(hub.reconciliation, Money::from(moved));
+            }
             Admin::FundsOutReserve {
                 account,
                 amount,
@@ -205,6 +230,7 @@ impl PartitionState {
                 ))
             }),
             Admin::FundsOutCommit { account, funds_id } => {
+                let mut moved = 0;
                 self.admin_change(request_id, account, out, |bank| {
                     match bank.funds.get(&funds_id).copied() {
                         Some(FundsRecord::OutReserved { amount }) => {
@@ -214,13 +240,17 @@ impl PartitionState {
                             bank.liquidity = checked_sub(bank.liquidity, Money::from(amount));
                             bank.funds
                                 .insert(funds_id, FundsRecord::OutCommitted { amount });
+                            moved = amount;
                             Ok(Change::Nothing)
                         }
                         Some(FundsRecord::OutCommitted { .. }) => Ok(Change::Nothing),
                         Some(_) => Err(admin_err("funds out is not reserved")),
                         None => Err((ErrorCode::TransferNotFound, "unknown funds out".into())),
                     }
-                })
+                });
+                // Double entry: the money goes back to the hub's reconciliation account.
+                let hub = self.settlement.hub_mut(account.currency);
+                hub.reconciliation = checked_add(hub.reconciliation, Money::from(moved));
             }
             Admin::FundsOutAbort { account, funds_id } => {
                 self.admin_change(request_id, account, out, |bank| {
@@ -316,7 +346,12 @@ impl PartitionState {
     /// Applies a limit or position change to the bank (re-validating: the world may have
     /// moved while it waited for a recall round).
     pub(super) fn apply_decrease(&mut self, account: AccountKey, change: Decrease) -> AdminResult {
-        let Some(bank) = self.bank_mut(&account) else {
+        // Borrowed field by field: a settlement step also writes the settlement book.
+        let Some(bank) = self
+            .accounts
+            .get_mut(&account)
+            .and_then(|e| e.bank.as_mut())
+        else {
             return Err((ErrorCode::Validation, "unknown account".into()));
         };
         let before = bank.limit();
@@ -350,6 +385,15 @@ impl PartitionState {
                 bank.bank = checked_add(bank.bank, bank.limit() - before);
                 bank.funds
                     .insert(funds_id, FundsRecord::OutReserved { amount });
+            }
+            Decrease::SettleReserve { settlement, net } => {
+                return super::settlement::apply_reserve(
+                    &mut self.settlement,
+                    bank,
+                    account,
+                    settlement,
+                    net,
+                );
             }
         }
         Ok(())

@@ -15,11 +15,13 @@
 //! - `transfers.rs`: prepare, fulfil, reject, abort, expiry;
 //! - `headroom.rs`: the peer protocol that moves headroom between slices and the bank;
 //! - `admin.rs`: operator commands (accounts, limits, funds movements);
+//! - `settlement.rs`: settlement windows' nets, settlement steps, the hub's accounts;
 //! - `snapshot.rs`: the deterministic snapshot, `from_snapshot`, `check` and `audit`.
 
 pub mod account;
 mod admin;
 mod headroom;
+pub mod settlement;
 mod snapshot;
 mod transfers;
 
@@ -78,6 +80,8 @@ pub enum Fault {
     SkipLimitCheck,
     /// A redelivered grant is applied again (the exactly-once filter skipped for grants).
     DoubleApplyGrant,
+    /// A commit is counted in the open settlement window and in the one before.
+    CountCommitTwice,
 }
 
 /// Everything one batch produced. Released only after the batch is durable.
@@ -120,6 +124,8 @@ pub struct PartitionState {
     pub inbound: BTreeMap<u32, Inbound>,
     /// Last sequence number sent to each partition.
     pub outbound_seq: Vec<u64>,
+    /// Settlement windows' nets, settlement steps and the hub's accounts.
+    pub settlement: settlement::SettlementBook,
     limits: Limits,
     // Scratch for the batch in progress; empty between batches.
     finished_in_batch: HashMap<TransferId, FinishedTransfer>,
@@ -146,6 +152,7 @@ impl PartitionState {
             parked_count: 0,
             inbound: BTreeMap::new(),
             outbound_seq: vec![0; partitions as usize],
+            settlement: settlement::SettlementBook::default(),
             limits,
             finished_in_batch: HashMap::new(),
             self_queue: VecDeque::new(),

@@ -7,6 +7,7 @@
 //! the hub at open. `audit` asserts the same checks on the hot path in debug builds.
 
 use super::account::{AccountEntry, Money, OpenTransfer};
+use super::settlement::SettlementBook;
 use super::{Inbound, ParticipantFlags, PartitionState};
 use crate::ids::{AccountKey, FspId, TransferId};
 use crate::limits::Limits;
@@ -25,9 +26,44 @@ struct Snapshot {
     transfers: Vec<(TransferId, OpenTransfer)>,
     inbound: Vec<(u32, Inbound)>,
     outbound_seq: Vec<u64>,
+    settlement: SettlementBook,
 }
 
-const SNAPSHOT_VERSION: u32 = 1;
+/// Format version 1 of the partition state, from before settlement: read and converted
+/// (an empty settlement book, window 1 open), never written.
+#[derive(Deserialize)]
+struct SnapshotV1 {
+    version: u32,
+    partition: u32,
+    partitions: u32,
+    batch_seq: u64,
+    participants: Vec<(FspId, ParticipantFlags)>,
+    accounts: Vec<(AccountKey, AccountEntry)>,
+    transfers: Vec<(TransferId, OpenTransfer)>,
+    inbound: Vec<(u32, Inbound)>,
+    outbound_seq: Vec<u64>,
+}
+
+impl SnapshotV1 {
+    fn upgrade(self) -> Snapshot {
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            partition: self.partition,
+            partitions: self.partitions,
+            batch_seq: self.batch_seq,
+            participants: self.participants,
+            accounts: self.accounts,
+            transfers: self.transfers,
+            inbound: self.inbound,
+            outbound_seq: self.outbound_seq,
+            settlement: SettlementBook::default(),
+        }
+    }
+}
+
+/// The body's own version field, the same as the envelope's (redundant, see
+/// `engine::codec`).
+const SNAPSHOT_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 #[error("snapshot of partition state cannot be decoded: {0}")]
@@ -56,15 +92,30 @@ impl PartitionState {
             transfers,
             inbound: self.inbound.iter().map(|(k, v)| (*k, v.clone())).collect(),
             outbound_seq: self.outbound_seq.clone(),
+            settlement: self.settlement.clone(),
         };
         crate::codec::encode_record(crate::codec::RecordKind::PartitionState, &snapshot)
             .expect("in-memory state serialises")
     }
 
     pub fn from_snapshot(bytes: &[u8], limits: Limits) -> Result<PartitionState, SnapshotError> {
-        let snapshot: Snapshot =
-            crate::codec::decode_record(crate::codec::RecordKind::PartitionState, bytes)
-                .map_err(|e| SnapshotError(e.to_string()))?;
+        use crate::codec::{decode_body, open_record, RecordKind};
+        let kind = RecordKind::PartitionState;
+        let error = |e: crate::codec::CodecError| SnapshotError(e.to_string());
+        let (version, body) = open_record(kind, bytes).map_err(error)?;
+        let snapshot: Snapshot = match version {
+            1 => {
+                let old: SnapshotV1 = decode_body(kind, version, body).map_err(error)?;
+                if old.version != 1 {
+                    return Err(SnapshotError(format!(
+                        "format 1 snapshot says version {}",
+                        old.version
+                    )));
+                }
+                old.upgrade()
+            }
+            _ => decode_body(kind, version, body).map_err(error)?,
+        };
         if snapshot.version != SNAPSHOT_VERSION {
             return Err(SnapshotError(format!(
                 "unknown snapshot version {}",
@@ -91,6 +142,7 @@ impl PartitionState {
         state.parked_count = state.accounts.values().map(|e| e.slice.parked.len()).sum();
         state.inbound = snapshot.inbound.into_iter().collect();
         state.outbound_seq = snapshot.outbound_seq;
+        state.settlement = snapshot.settlement;
         // Bytes can decode and still hold a broken ledger: refuse them with the reason.
         state
             .check()

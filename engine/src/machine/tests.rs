@@ -1607,3 +1607,5 @@ fn a_refused_prepare_is_final_and_a_resend_gets_the_same_answer() {
         other => panic!("expected 3100, got {other:?}"),
     }
 }
+
+mod settlement;

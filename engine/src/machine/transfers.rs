@@ -10,7 +10,7 @@
 //! included, so that a resend gets the same answer.
 
 use super::account::{Money, OpenTransfer, Parked};
-use super::{checked_add, checked_sub, Output, PartitionState};
+use super::{checked_add, checked_sub, Fault, Output, PartitionState};
 use crate::command::{
     BodyHash, ErrorCode, Event, FinishedTransfer, Fulfil, Parties, Prepare, Reject, TimestampMs,
     TransferState,
@@ -225,6 +225,9 @@ impl PartitionState {
             slice.position = checked_sub(slice.position, amount);
             slice.headroom = checked_add(slice.headroom, amount);
         }
+        let count_twice = self.fault == Fault::CountCommitTwice;
+        self.settlement
+            .record_commit(payer, payee, amount, count_twice);
         self.close(transfer_id, open.expiration_ms);
         let record = FinishedTransfer {
             parties,

@@ -555,9 +555,13 @@ impl Hub {
 
     /// Runs an admin command where it belongs and waits for its result.
     pub async fn admin(&self, now_ms: TimestampMs, admin: Admin) -> Result<(), EngineError> {
-        let request_id = self.shared.next_request_id.fetch_add(1, Ordering::Relaxed);
-        let (reply, done) = oneshot::channel();
-        lock(&self.shared.admin_waiters).insert(request_id, reply);
+        if let Admin::CloseWindow { .. } = admin {
+            // Every partition answers for itself: the close is done once all have it.
+            for p in 0..self.shared.partitions {
+                self.admin_on(&[p], now_ms, admin.clone()).await?;
+            }
+            return Ok(());
+        }
         let partitions = self.shared.partitions;
         let targets: Vec<u32> = match &admin {
             // The home first: a partition that knows the account while its home does not
@@ -571,17 +575,31 @@ impl Hub {
                     .chain((0..partitions).filter(|p| *p != home))
                     .collect()
             }
-            Admin::SetActive { .. } => (0..partitions).collect(),
+            Admin::SetActive { .. } | Admin::CloseWindow { .. } => (0..partitions).collect(),
             Admin::InitialPositionAndLimits { account, .. }
             | Admin::SetNdc { account, .. }
             | Admin::FundsIn { account, .. }
             | Admin::FundsOutReserve { account, .. }
             | Admin::FundsOutCommit { account, .. }
-            | Admin::FundsOutAbort { account, .. } => {
+            | Admin::FundsOutAbort { account, .. }
+            | Admin::Settle { account, .. } => {
                 vec![home_of(account, self.shared.partitions)]
             }
         };
-        for p in targets {
+        self.admin_on(&targets, now_ms, admin).await
+    }
+
+    /// Sends an admin command to `targets` in order and waits for its one answer.
+    async fn admin_on(
+        &self,
+        targets: &[u32],
+        now_ms: TimestampMs,
+        admin: Admin,
+    ) -> Result<(), EngineError> {
+        let request_id = self.shared.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, done) = oneshot::channel();
+        lock(&self.shared.admin_waiters).insert(request_id, reply);
+        for &p in targets {
             let command = Command::Admin {
                 now_ms,
                 request_id,

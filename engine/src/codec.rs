@@ -89,15 +89,21 @@ pub enum RecordKind {
     ArchiveRecord,
     /// What is known about one archive run (`storage::archive::RunMeta`).
     ArchiveRunMeta,
+    /// One settlement window of the hub's settlement book (`settlement::WindowRecord`).
+    SettlementWindow,
+    /// One settlement of the hub's settlement book (`settlement::SettlementRecord`).
+    Settlement,
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 5] = [
+    pub const ALL: [RecordKind; 7] = [
         RecordKind::WalBatch,
         RecordKind::Snapshot,
         RecordKind::PartitionState,
         RecordKind::ArchiveRecord,
         RecordKind::ArchiveRunMeta,
+        RecordKind::SettlementWindow,
+        RecordKind::Settlement,
     ];
 
     /// The kind's byte in the envelope. Fixed forever: a retired kind's tag stays unused.
@@ -108,6 +114,8 @@ impl RecordKind {
             RecordKind::PartitionState => 3,
             RecordKind::ArchiveRecord => 4,
             RecordKind::ArchiveRunMeta => 5,
+            RecordKind::SettlementWindow => 6,
+            RecordKind::Settlement => 7,
         }
     }
 
@@ -121,6 +129,8 @@ impl RecordKind {
             RecordKind::PartitionState => 2,
             RecordKind::ArchiveRecord => 1,
             RecordKind::ArchiveRunMeta => 1,
+            RecordKind::SettlementWindow => 1,
+            RecordKind::Settlement => 1,
         }
     }
 
@@ -136,6 +146,8 @@ impl RecordKind {
             RecordKind::PartitionState => "partition state",
             RecordKind::ArchiveRecord => "archived transfer",
             RecordKind::ArchiveRunMeta => "archive run meta",
+            RecordKind::SettlementWindow => "settlement window",
+            RecordKind::Settlement => "settlement",
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod limits;
 pub mod machine;
 pub mod money;
 pub mod runtime;
+pub mod settlement;
 pub mod storage;
 
 /// The one error type of the engine's API: every fallible call of [`runtime::Hub`] and
@@ -65,6 +66,10 @@ pub enum EngineError {
     },
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// An operator request names something that does not exist (a settlement window, a
+    /// settlement); the text says what.
+    #[error("{0}")]
+    NotFound(String),
     #[error("bound exceeded: {0}")]
     Overflow(String),
 }

@@ -27,6 +27,10 @@ use engine::machine::settlement::{
     HubBalances, SettleStep, SettlementBook, StepRecord, WindowNets,
 };
 use engine::machine::{Inbound, Outgoing, ParticipantFlags, PartitionState};
+use engine::settlement::{
+    Pending, SettlementAccount, SettlementRecord, SettlementState, StateChange, WindowRecord,
+    WindowState,
+};
 use engine::storage::archive::RunMeta;
 use engine::storage::{SnapshotRecord, Storage, Store, WalRecord, WalRecordRef};
 use serde::Serialize;
@@ -128,6 +132,14 @@ const ARCHIVE_ABORTED: &[(&str, &str)] = &[
     ("framing", "c1040199"),
     ("Parties", "95d92430303030303030302d303030302d343030302d383030302d303030303030303030303032a87061796572667370a8706179656566737093555344cd02bc"),
     ("framing", "a741626f72746564c0c081a55061796565cd13edc4103d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3dc0cf0000018bcfe56fd02a"),
+];
+
+const SETTLEMENT_WINDOW: &[(&str, &str)] = &[
+    ("framing", "c106019804b150656e64696e67536574746c656d656e74aa656e64206f6620646179cf0000018bcfe56800cf0000018bcff323a0c2938292a8706179656566737093555344c410ffffffffffffffffffffffffffffcfc792a8706179657266737093555344c41000000000000000000000000000003039028193555344c41000000000000000000000000000004e2002"),
+];
+
+const SETTLEMENT: &[(&str, &str)] = &[
+    ("framing", "c107019a02ab44454645525245444e4554a56461696c79b150656e64696e67536574746c656d656e749203048392a870617965656673709355534494d1cfc7b350735472616e73666572735265636f72646564a473746570a57265662d3192a87061796572667370934555529400b150656e64696e67536574746c656d656e74a473746570a57265662d3192a870617965726673709355534494cd3039b350735472616e73666572735265736572766564a473746570a57265662d31cf0000018bcfe56800cf0000018bcfe6eea093919292a8706179656566737093555344b350735472616e73666572735265736572766564a772657365727665c09793b150656e64696e67536574746c656d656e74a86368616e67652030cf0000018bcfe5680093b350735472616e73666572735265636f72646564a86368616e67652031cf0000018bcfe5680193b350735472616e73666572735265736572766564a86368616e67652032cf0000018bcfe5680293b450735472616e7366657273436f6d6d6974746564a86368616e67652033cf0000018bcfe5680393a8536574746c696e67a86368616e67652034cf0000018bcfe5680493a7536574746c6564a86368616e67652035cf0000018bcfe5680593a741626f72746564a86368616e67652036cf0000018bcfe56806"),
 ];
 
 const ARCHIVE_RUN_META: &[(&str, &str)] = &[(
@@ -1037,6 +1049,95 @@ fn archive_records_golden() {
                 .expect("decodes");
         assert_eq!(back, record);
     }
+}
+
+/// A closed window of the settlement book, with nets.
+fn settlement_window() -> WindowRecord {
+    let usd = account("payerfsp", "USD");
+    let payee = account("payeefsp", "USD");
+    let mut nets = WindowNets::default();
+    nets.nets.insert(usd, 12_345);
+    nets.nets.insert(payee, -12_345);
+    nets.transfers = 2;
+    nets.amounts.insert(usd.currency, 20_000);
+    WindowRecord {
+        id: 4,
+        state: WindowState::PendingSettlement,
+        reason: "end of day".into(),
+        created_ms: 1_700_000_000_000,
+        changed_ms: 1_700_000_900_000,
+        closing: false,
+        nets,
+        settlement: Some(2),
+    }
+}
+
+/// A settlement with every account state and a pending change.
+fn settlement() -> SettlementRecord {
+    let usd = account("payerfsp", "USD");
+    let payee = account("payeefsp", "USD");
+    let eur = account("payerfsp", "EUR");
+    let states = [
+        (usd, 12_345, SettlementState::PsTransfersReserved),
+        (payee, -12_345, SettlementState::PsTransfersRecorded),
+        (eur, 0, SettlementState::PendingSettlement),
+    ];
+    SettlementRecord {
+        id: 2,
+        model: "DEFERREDNET".into(),
+        reason: "daily".into(),
+        state: SettlementState::PendingSettlement,
+        windows: vec![3, 4],
+        accounts: states
+            .into_iter()
+            .map(|(account, net, state)| {
+                (
+                    account,
+                    SettlementAccount {
+                        net,
+                        state,
+                        reason: "step".into(),
+                        external_reference: Some("ref-1".into()),
+                    },
+                )
+            })
+            .collect(),
+        created_ms: 1_700_000_000_000,
+        changed_ms: 1_700_000_100_000,
+        pending: Some(Pending {
+            accounts: vec![(payee, SettlementState::PsTransfersReserved)],
+            reason: "reserve".into(),
+            external_reference: None,
+        }),
+        history: SettlementState::ALL
+            .into_iter()
+            .enumerate()
+            .map(|(i, state)| StateChange {
+                state,
+                reason: format!("change {i}"),
+                at_ms: 1_700_000_000_000 + i as i64,
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn settlement_book_records_golden() {
+    let window = settlement_window();
+    let actual = codec::encode_record(RecordKind::SettlementWindow, &window).expect("encodes");
+    assert_golden::<&str>("settlement window", &actual, SETTLEMENT_WINDOW, &[]);
+    let back: WindowRecord = codec::decode_record(
+        RecordKind::SettlementWindow,
+        &golden_bytes(SETTLEMENT_WINDOW),
+    )
+    .expect("decodes");
+    assert_eq!(back, window);
+    let record = settlement();
+    let actual = codec::encode_record(RecordKind::Settlement, &record).expect("encodes");
+    assert_golden::<&str>("settlement", &actual, SETTLEMENT, &[]);
+    let back: SettlementRecord =
+        codec::decode_record(RecordKind::Settlement, &golden_bytes(SETTLEMENT)).expect("decodes");
+    assert_eq!(back, record);
 }
 
 #[test]

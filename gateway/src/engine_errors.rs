@@ -25,6 +25,8 @@ pub fn api_error(error: &EngineError) -> ApiError {
         EngineError::ShuttingDown => unavailable("hub shutting down"),
         EngineError::PartitionStopped { .. } => unavailable("partition stopped"),
         EngineError::Refused { code, message } => refused(*code, message),
+        // FSPIOP's generic "ID not found".
+        EngineError::NotFound(what) => ApiError::new(404, 3200, what.clone()),
         EngineError::Storage(_)
         | EngineError::Io { .. }
         | EngineError::Store { .. }
@@ -94,6 +96,11 @@ mod tests {
                 3100,
             ),
             (EngineError::Config("bad".into()), 500, 2001),
+            (
+                EngineError::NotFound("settlement window 9 not found".into()),
+                404,
+                3200,
+            ),
         ];
         for (error, status, code) in cases {
             let api = api_error(&error);

@@ -42,6 +42,8 @@ pub(super) enum Answer {
         Result<Option<TransferView>, EngineError>,
     ),
     Account(oneshot::Sender<Option<SliceFigures>>, Option<SliceFigures>),
+    WindowNets(oneshot::Sender<Option<WindowNets>>, Option<WindowNets>),
+    HubBalances(oneshot::Sender<HubFigures>, HubFigures),
 }
 
 impl Answer {
@@ -49,6 +51,12 @@ impl Answer {
         match self {
             Answer::Transfer(reply, view) => {
                 let _ = reply.send(view);
+            }
+            Answer::WindowNets(reply, nets) => {
+                let _ = reply.send(nets);
+            }
+            Answer::HubBalances(reply, figures) => {
+                let _ = reply.send(figures);
             }
             Answer::Account(reply, figures) => {
                 let _ = reply.send(figures);
@@ -309,6 +317,12 @@ impl Running {
                     });
                 }
                 Answer::Account(reply, Some(figures))
+            }
+            Query::WindowNets { window, reply } => {
+                Answer::WindowNets(reply, state.settlement.closed_window(window))
+            }
+            Query::HubBalances { reply } => {
+                Answer::HubBalances(reply, state.settlement.hub.clone())
             }
         }
     }

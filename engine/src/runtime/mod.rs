@@ -24,13 +24,14 @@ use crate::command::{
     TransferState,
 };
 use crate::filter::ArchiveFilter;
-use crate::ids::{AccountKey, FspId, TransferId};
+use crate::ids::{AccountKey, Currency, FspId, TransferId};
 use crate::limits::*;
 use crate::machine::account::Money;
+use crate::machine::settlement::{HubBalances, WindowId, WindowNets};
 use crate::machine::{home_of, Input, Outgoing};
 use crate::storage::{SnapshotRecord, Storage, Store, WalRecordRef};
 use crate::EngineError;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -43,6 +44,7 @@ mod actor;
 mod api;
 mod outbox;
 mod recovery;
+mod settlement;
 mod workers;
 use actor::*;
 pub use api::{AccountView, EngineMetrics, HubConfig, PartitionStatus, TransferView};
@@ -79,7 +81,17 @@ enum Query {
         account: AccountKey,
         reply: oneshot::Sender<Option<SliceFigures>>,
     },
+    /// A closed settlement window's nets on the partition (`None`: open, or dropped).
+    WindowNets {
+        window: WindowId,
+        reply: oneshot::Sender<Option<WindowNets>>,
+    },
+    /// The hub's accounts on the partition.
+    HubBalances { reply: oneshot::Sender<HubFigures> },
 }
+
+/// The hub's balances on one partition, per currency.
+type HubFigures = BTreeMap<Currency, HubBalances>;
 
 /// One partition's part of an account.
 #[derive(Debug, Clone, Default)]
@@ -118,6 +130,12 @@ struct Shared {
     /// to this sequence number.
     confirmed: Vec<AtomicU64>,
     admin_waiters: AdminWaiters,
+    /// The settlement book, loaded on first use (`settlement.rs`); its lock also makes
+    /// settlement operations one at a time.
+    settlement: tokio::sync::Mutex<Option<crate::settlement::Book>>,
+    /// Test-only fault injection (`Hub::stop_settlement_after`): settlement operations
+    /// stop as a crash would after this many steps; `usize::MAX`, never.
+    settlement_stop_after: AtomicUsize,
     /// `acks[p]`: event sequence numbers of partition p its consumer has finished with.
     acks: Vec<Arc<Acks>>,
     events_shed: AtomicU64,
@@ -245,6 +263,8 @@ impl Hub {
             stats: (0..n).map(|_| Stats::default()).collect(),
             confirmed,
             admin_waiters: Arc::new(Mutex::new(HashMap::new())),
+            settlement: tokio::sync::Mutex::new(None),
+            settlement_stop_after: AtomicUsize::new(usize::MAX),
             acks: (0..n).map(|_| Arc::new(Acks::default())).collect(),
             events_shed: AtomicU64::new(0),
             next_request_id: AtomicU64::new((now_ms() as u64) << 16),

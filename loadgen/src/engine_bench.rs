@@ -57,6 +57,18 @@ pub struct EngineArgs {
     /// Warm-up before measuring, in seconds.
     #[arg(long, default_value_t = 2)]
     pub warmup_seconds: u64,
+    /// Offered load in transfers per second over all clients (default: as fast as the
+    /// closed loop goes). Each client paces itself to its share.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Close the open settlement window every this many seconds of the measured run, and
+    /// report how long each close took and the transfer latency during closes.
+    #[arg(long)]
+    pub close_window_every: Option<u64>,
+    /// With --close-window-every: also settle each closed window through every state
+    /// (create, PS_TRANSFERS_RECORDED, _RESERVED, _COMMITTED, SETTLED) and time it.
+    #[arg(long)]
+    pub settle: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -87,7 +99,25 @@ struct Report {
     other_errors: u64,
     transfers: u64,
     measured_seconds: f64,
+    /// Operations (prepare or fulfil) that overlapped no window close, and their p99.
+    ops_outside_close: u64,
+    p99_us_outside_close: u64,
+    /// Operations in flight while a window closed (started or ended during it).
+    ops_during_close: u64,
+    p99_us_during_close: u64,
+    closes: Vec<CloseReport>,
     config: EngineArgs,
+}
+
+/// One window close (and its settlement, with --settle).
+#[derive(Debug, Clone, Serialize)]
+struct CloseReport {
+    window: u64,
+    /// Committed transfers the window held.
+    transfers: u64,
+    close_ms: f64,
+    settle_ms: Option<f64>,
+    settled_accounts: usize,
 }
 
 /// The result a client waits for.
@@ -121,6 +151,12 @@ struct Shared {
     other_errors: AtomicU64,
     transfers: AtomicU64,
     next_id: AtomicU64,
+    /// Seconds between two transfers of one client (`--rate`), or 0.
+    client_interval_s: f64,
+    /// Closes started and closes finished: an operation overlapped a close when a close
+    /// was running when it started, or one started before it ended.
+    closes_started: AtomicU64,
+    closes_finished: AtomicU64,
 }
 
 pub fn run(args: EngineArgs) -> anyhow::Result<()> {
@@ -211,6 +247,13 @@ async fn run_async(args: EngineArgs) -> anyhow::Result<()> {
         other_errors: AtomicU64::new(0),
         transfers: AtomicU64::new(0),
         next_id: AtomicU64::new(1),
+        client_interval_s: match args.rate {
+            Some(0) => bail!("--rate must be at least 1"),
+            Some(rate) => args.concurrency as f64 / rate as f64,
+            None => 0.0,
+        },
+        closes_started: AtomicU64::new(0),
+        closes_finished: AtomicU64::new(0),
     });
 
     // Route results to the clients waiting for them.
@@ -248,7 +291,15 @@ async fn run_async(args: EngineArgs) -> anyhow::Result<()> {
     let before = hub.metrics();
     shared.measuring.store(true, Ordering::SeqCst);
     let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    let run_for = Duration::from_secs(args.seconds);
+    let closes = match args.close_window_every {
+        Some(0) => bail!("--close-window-every must be at least 1 second"),
+        Some(every) => close_windows(&shared, started, run_for, every, args.settle).await?,
+        None => {
+            tokio::time::sleep(run_for).await;
+            Vec::new()
+        }
+    };
     shared.measuring.store(false, Ordering::SeqCst);
     let elapsed = started.elapsed().as_secs_f64();
     let after = hub.metrics();
@@ -257,10 +308,14 @@ async fn run_async(args: EngineArgs) -> anyhow::Result<()> {
     let mut all = new_histogram()?;
     let mut prepare = new_histogram()?;
     let mut fulfil = new_histogram()?;
+    let mut outside = new_histogram()?;
+    let mut during = new_histogram()?;
     for client in clients {
-        let (p, f) = client.await.context("client task")?;
-        prepare.add(&p)?;
-        fulfil.add(&f)?;
+        let hists = client.await.context("client task")?;
+        prepare.add(&hists.prepare)?;
+        fulfil.add(&hists.fulfil)?;
+        outside.add(&hists.outside_close)?;
+        during.add(&hists.during_close)?;
     }
     all.add(&prepare)?;
     all.add(&fulfil)?;
@@ -303,6 +358,11 @@ async fn run_async(args: EngineArgs) -> anyhow::Result<()> {
         other_errors: shared.other_errors.load(Ordering::Relaxed),
         transfers: shared.transfers.load(Ordering::Relaxed),
         measured_seconds: elapsed,
+        ops_outside_close: outside.len(),
+        p99_us_outside_close: outside.value_at_quantile(0.99),
+        ops_during_close: during.len(),
+        p99_us_during_close: during.value_at_quantile(0.99),
+        closes,
         config: args.clone(),
     };
     let text = serde_json::to_string_pretty(&report)?;
@@ -363,14 +423,148 @@ async fn wait_for(shared: &Shared, id: TransferId, command: Command) -> Option<O
     rx.await.ok()
 }
 
-async fn client_loop(shared: Arc<Shared>, client: u64) -> (Histogram<u64>, Histogram<u64>) {
-    let mut prepare_hist = Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("static bounds");
-    let mut fulfil_hist = Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("static bounds");
+/// One client's latencies: per operation, and split by whether a window close overlapped.
+struct ClientHistograms {
+    prepare: Histogram<u64>,
+    fulfil: Histogram<u64>,
+    outside_close: Histogram<u64>,
+    during_close: Histogram<u64>,
+}
+
+impl ClientHistograms {
+    fn new() -> ClientHistograms {
+        let new = || Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("static bounds");
+        ClientHistograms {
+            prepare: new(),
+            fulfil: new(),
+            outside_close: new(),
+            during_close: new(),
+        }
+    }
+
+    /// Records one operation that started when `closes` was (started, finished).
+    fn record(&mut self, shared: &Shared, fulfil: bool, started: Instant, closes: (u64, u64)) {
+        let us = (started.elapsed().as_micros() as u64).max(1);
+        let hist = if fulfil {
+            &mut self.fulfil
+        } else {
+            &mut self.prepare
+        };
+        let _ = hist.record(us);
+        let overlapped =
+            closes.0 != closes.1 || shared.closes_started.load(Ordering::SeqCst) != closes.0;
+        let split = if overlapped {
+            &mut self.during_close
+        } else {
+            &mut self.outside_close
+        };
+        let _ = split.record(us);
+    }
+}
+
+fn close_counts(shared: &Shared) -> (u64, u64) {
+    // Finished first: a close that finishes between the two loads counts as overlapping.
+    let finished = shared.closes_finished.load(Ordering::SeqCst);
+    (shared.closes_started.load(Ordering::SeqCst), finished)
+}
+
+/// Closes the open settlement window every `every_s` seconds until `run_for` has passed
+/// since `started`, settling each closed window through every state when `settle`.
+async fn close_windows(
+    shared: &Shared,
+    started: Instant,
+    run_for: Duration,
+    every_s: u64,
+    settle: bool,
+) -> anyhow::Result<Vec<CloseReport>> {
+    use engine::settlement::{AccountUpdate, SettlementState};
+    let hub = &shared.hub;
+    let mut reports = Vec::new();
+    let mut next = started + Duration::from_secs(every_s);
+    while next <= started + run_for {
+        tokio::time::sleep_until(next.into()).await;
+        next += Duration::from_secs(every_s);
+        let window = hub
+            .settlement_windows(now_ms())
+            .await
+            .map_err(|e| anyhow::anyhow!("listing windows: {e}"))?
+            .into_iter()
+            .find(|w| w.state == engine::settlement::WindowState::Open)
+            .context("an open window")?
+            .id;
+        shared.closes_started.fetch_add(1, Ordering::SeqCst);
+        let close_started = Instant::now();
+        let closed = hub.close_window(now_ms(), window, "loadgen").await;
+        let close_ms = close_started.elapsed().as_secs_f64() * 1e3;
+        shared.closes_finished.fetch_add(1, Ordering::SeqCst);
+        let closed = closed.map_err(|e| anyhow::anyhow!("closing window {window}: {e}"))?;
+        let mut report = CloseReport {
+            window,
+            transfers: closed.nets.transfers,
+            close_ms,
+            settle_ms: None,
+            settled_accounts: 0,
+        };
+        if settle && closed.nets.transfers > 0 {
+            let settle_started = Instant::now();
+            let settlement = hub
+                .create_settlement(now_ms(), "DEFERREDNET", "loadgen", &[window])
+                .await
+                .map_err(|e| anyhow::anyhow!("creating a settlement: {e}"))?;
+            for state in [
+                SettlementState::PsTransfersRecorded,
+                SettlementState::PsTransfersReserved,
+                SettlementState::PsTransfersCommitted,
+                SettlementState::Settled,
+            ] {
+                let updates: Vec<AccountUpdate> = settlement
+                    .accounts
+                    .keys()
+                    .map(|account| AccountUpdate {
+                        account: *account,
+                        state,
+                        reason: "loadgen".into(),
+                        external_reference: None,
+                    })
+                    .collect();
+                hub.update_settlement(now_ms(), settlement.id, &updates, "loadgen")
+                    .await
+                    .map_err(|e| anyhow::anyhow!("settlement to {}: {e}", state.as_str()))?;
+            }
+            report.settle_ms = Some(settle_started.elapsed().as_secs_f64() * 1e3);
+            report.settled_accounts = settlement.accounts.len();
+        }
+        eprintln!(
+            "window {} closed: {} transfers, close {:.1} ms, settle {}",
+            report.window,
+            report.transfers,
+            report.close_ms,
+            report
+                .settle_ms
+                .map_or("-".to_string(), |ms| format!("{ms:.1} ms"))
+        );
+        reports.push(report);
+    }
+    let end = started + run_for;
+    tokio::time::sleep_until(end.into()).await;
+    Ok(reports)
+}
+
+async fn client_loop(shared: Arc<Shared>, client: u64) -> ClientHistograms {
+    let mut hists = ClientHistograms::new();
+    let paced_from = Instant::now();
+    let mut sent: u64 = 0;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (client + 1).wrapping_mul(0x1000_0000_01b3));
     let fulfilment: [u8; 32] = Sha256::digest(client.to_be_bytes()).into();
     let condition: [u8; 32] = Sha256::digest(fulfilment).into();
     let n = shared.fsps.len() as u64;
     while !shared.stop.load(Ordering::Relaxed) {
+        if shared.client_interval_s > 0.0 {
+            // Open-loop pacing: this client's k-th transfer starts k intervals in.
+            let due = paced_from + Duration::from_secs_f64(sent as f64 * shared.client_interval_s);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        sent += 1;
         let payer = if rng.below(100) < u64::from(shared.hot_payer_pct) {
             0
         } else {
@@ -413,6 +607,7 @@ async fn client_loop(shared: Arc<Shared>, client: u64) -> (Histogram<u64>, Histo
         let released_before = shared.released[payer].load(Ordering::SeqCst);
         let credits_before = shared.credits[payer].load(Ordering::SeqCst);
         shared.submitted[payer].fetch_add(amount, Ordering::SeqCst);
+        let closes = close_counts(&shared);
         let started = Instant::now();
         let outcome = wait_for(
             &shared,
@@ -425,7 +620,7 @@ async fn client_loop(shared: Arc<Shared>, client: u64) -> (Histogram<u64>, Histo
         .await;
         let measuring = shared.measuring.load(Ordering::Relaxed);
         if measuring {
-            let _ = prepare_hist.record((started.elapsed().as_micros() as u64).max(1));
+            hists.record(&shared, false, started, closes);
         }
         match outcome {
             Some(Outcome::Reserved) => {}
@@ -462,6 +657,7 @@ async fn client_loop(shared: Arc<Shared>, client: u64) -> (Histogram<u64>, Histo
             body_hash: final_hash,
             payload: Vec::new(),
         };
+        let closes = close_counts(&shared);
         let started = Instant::now();
         let outcome = wait_for(
             &shared,
@@ -474,7 +670,7 @@ async fn client_loop(shared: Arc<Shared>, client: u64) -> (Histogram<u64>, Histo
         .await;
         let measuring = shared.measuring.load(Ordering::Relaxed);
         if measuring {
-            let _ = fulfil_hist.record((started.elapsed().as_micros() as u64).max(1));
+            hists.record(&shared, true, started, closes);
         }
         match outcome {
             Some(Outcome::Committed) => {
@@ -489,5 +685,5 @@ async fn client_loop(shared: Arc<Shared>, client: u64) -> (Histogram<u64>, Histo
             }
         }
     }
-    (prepare_hist, fulfil_hist)
+    hists
 }

@@ -68,6 +68,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::get().to(get_positions),
         )
         .route("/partitions", web::get().to(partitions))
+        .route("/alarms", web::get().to(crate::alarm::list))
         .route("/health/live", web::get().to(live))
         .route("/health/ready", web::get().to(ready))
         .route("/metrics", web::get().to(metrics))
@@ -784,9 +785,15 @@ async fn endpoint(state: &AppState, name: &str, body: &[u8]) -> Answer {
     if kind.is_empty() || kind.len() > 64 || value.len() > 1_024 {
         return Err(ApiError::validation("endpoint type or value too long"));
     }
-    if !(value.starts_with("http://") || value.starts_with("https://")) {
+    let url = value.starts_with("http://") || value.starts_with("https://");
+    // The email types (`NET_DEBIT_CAP_THRESHOLD_BREACH_EMAIL`, ...) take an address, as the
+    // standard hub setup registers them; an http(s) URL there gets the alarm as a POST.
+    let email = kind.ends_with("_EMAIL")
+        && value.contains('@')
+        && value.bytes().all(|b| b.is_ascii_graphic());
+    if !url && !email {
         return Err(ApiError::validation(
-            "endpoint value must be an http(s) URL",
+            "endpoint value must be an http(s) URL (or an email address for the _EMAIL types)",
         ));
     }
     p.endpoints.insert(kind.to_string(), value.to_string());
@@ -900,6 +907,7 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .metrics
         .render(&state.hub.metrics(), &state.hub.partitions(), gauges);
     state.notifier.render_metrics(&mut body);
+    state.alarms.render_metrics(&mut body);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(body)

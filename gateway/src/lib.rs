@@ -5,6 +5,7 @@
 //! Only this crate knows HTTP and JSON.
 
 pub mod admin;
+pub mod alarm;
 pub mod auth;
 pub mod client;
 pub mod engine_errors;
@@ -60,6 +61,8 @@ pub struct AppState {
     pub admin_lock: tokio::sync::Mutex<()>,
     /// Commands applied per second, per partition, refreshed by a sampler.
     pub rates: Mutex<Vec<f64>>,
+    /// Net Debit Cap threshold crossings (`alarm`).
+    pub alarms: alarm::Alarms,
 }
 
 /// Configuration of the embedded hub.
@@ -118,6 +121,7 @@ pub struct EmbeddedHub {
     notifier: Arc<notifier::Notifier>,
     notifier_task: tokio::task::JoinHandle<()>,
     sampler: tokio::task::JoinHandle<()>,
+    alarm_watcher: tokio::task::JoinHandle<()>,
     fspiop: actix_web::dev::ServerHandle,
     admin: actix_web::dev::ServerHandle,
     servers: tokio::task::JoinHandle<()>,
@@ -178,8 +182,10 @@ impl EmbeddedHub {
             hub_name: config.hub_name.clone(),
             admin_lock: tokio::sync::Mutex::new(()),
             rates: Mutex::new(Vec::new()),
+            alarms: alarm::Alarms::default(),
         });
         let sampler = tokio::spawn(sample_rates(state.clone()));
+        let alarm_watcher = tokio::spawn(alarm::watch(state.clone()));
 
         let fspiop_state = state.clone();
         let fspiop = actix_web::HttpServer::new(move || {
@@ -249,6 +255,7 @@ impl EmbeddedHub {
             notifier,
             notifier_task,
             sampler,
+            alarm_watcher,
             fspiop: handles.0,
             admin: handles.1,
             servers,
@@ -264,6 +271,7 @@ impl EmbeddedHub {
         self.admin.stop(true).await;
         let _ = self.servers.await;
         self.sampler.abort();
+        self.alarm_watcher.abort();
         let engine = self.hub.shutdown().await;
         // The engine's actors have ended, so the event stream ends once the notifier has
         // read it to the last event.

@@ -107,6 +107,11 @@ pub const SETTLEMENT_MODELS_MAX: usize = 64;
 pub const SHUTDOWN_CALLBACK_GRACE_MS: u64 = 5_000;
 /// How often `/partitions` refreshes each partition's commands-per-second figure.
 pub const RATE_SAMPLE_INTERVAL_MS: u64 = 1_000;
+/// How often the NDC alarm watcher checks every account with an alarm percentage
+/// (`alarm`): an alarm comes at most this long after its crossing.
+pub const ALARM_CHECK_INTERVAL_MS: u64 = 1_000;
+/// Threshold crossings `GET /alarms` keeps (then the oldest go).
+pub const ALARMS_KEPT_MAX: usize = 1_000;
 /// Settlement model names are at most this long.
 pub const SETTLEMENT_MODEL_NAME_CHARS_MAX: usize = 64;
 

@@ -406,6 +406,30 @@ impl Notifier {
         self.metrics.callback(CallbackOutcome::GaveUp, None);
     }
 
+    /// Posts an operator notification (an NDC alarm) as JSON to `url`, once, through the
+    /// callback client; `true` when it was answered 2xx. Not retried: the alarm also stays
+    /// in `GET /alarms` and the metric.
+    pub async fn notify_operator(&self, url: &str, body: &str) -> bool {
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+        let headers = [
+            ("content-type", "application/json"),
+            ("date", date.as_str()),
+        ];
+        let request = Request {
+            method: "POST",
+            url,
+            headers: &headers,
+            body: body.as_bytes(),
+        };
+        match self.client.send(request).await {
+            Ok(response) => (200..300).contains(&response.status),
+            Err(e) => {
+                warn!(error = %e, "operator notification failed");
+                false
+            }
+        }
+    }
+
     async fn attempt(&self, callback: &Callback) -> CallbackOutcome {
         let headers: Vec<(&str, &str)> = callback
             .headers

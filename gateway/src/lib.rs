@@ -1,5 +1,5 @@
 //! The hub's HTTP side: the FSPIOP transfers API (`transfers`), the admin and operator API
-//! (`admin`), the notifier that sends callbacks (`notifier`), and the embedded hub that
+//! (`admin`), the settlement API (`settlement`), the notifier that sends callbacks (`notifier`), and the embedded hub that
 //! runs all of it with an engine owning every partition in one process.
 //!
 //! Only this crate knows HTTP and JSON.
@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod notifier;
 pub mod openapi;
 pub mod registry;
+pub mod settlement;
 pub mod tls;
 pub mod transfers;
 
@@ -224,6 +225,7 @@ impl EmbeddedHub {
                 }))
                 .app_data(admin_state.clone())
                 .app_data(actix_web::web::PayloadConfig::new(REQUEST_BODY_BYTES_MAX))
+                .configure(settlement::routes)
                 .configure(admin::routes)
                 .default_service(actix_web::web::to(not_found))
         })

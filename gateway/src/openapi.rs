@@ -228,7 +228,7 @@ pub fn document() -> Value {
     };
     let name = || path_param("name", "participant name", None);
     let account = || path_param("id", "SETTLEMENT account id", Some("^[0-9]+$"));
-    json!({
+    let mut doc = json!({
         "openapi": "3.0.3",
         "info": {"title": "Position engine hub", "version": env!("CARGO_PKG_VERSION"),
                  "description": "FSPIOP v1.1 transfers (FSPIOP listener; results arrive as callbacks to the endpoints a participant registered) and the central-ledger-shaped admin and operator API (admin listener)."},
@@ -251,7 +251,7 @@ pub fn document() -> Value {
                 "get": admin_op("Limits (?currency=, ?type=)", None, vec![name()], "200"),
                 "put": admin_op("Change the NET_DEBIT_CAP", Some("LimitUpdate"), vec![name()], "200")},
             "/participants/{name}/accounts": {
-                "get": admin_op("POSITION (value, reservedValue) and SETTLEMENT (value = -liquidity cover) accounts", None, vec![name()], "200"),
+                "get": admin_op("POSITION (value, reservedValue) and SETTLEMENT (value = -liquidity cover) accounts; for the hub, its HUB_MULTILATERAL_SETTLEMENT and HUB_RECONCILIATION balances", None, vec![name()], "200"),
                 "post": admin_op("Hub accounts (hub participant only)", Some("HubAccount"), vec![name()], "201")},
             "/participants/{name}/accounts/{id}": {"post": admin_op("recordFundsIn or recordFundsOutPrepareReserve", Some("FundsAction"), vec![name(), account()], "202")},
             "/participants/{name}/accounts/{id}/transfers/{transferId}": {"put": admin_op("recordFundsOutCommit or recordFundsOutAbort", Some("FundsOutFinish"),
@@ -271,7 +271,82 @@ pub fn document() -> Value {
             "/openapi.json": {"get": operator_op("This document", "application/json")}
         },
         "components": {"schemas": schemas()}
-    })
+    });
+    add_settlement(&mut doc);
+    doc
+}
+
+/// The settlement routes (`crate::settlement`, admin listener), central-settlement's.
+fn add_settlement(doc: &mut Value) {
+    let window = || path_param("id", "settlement window id", Some("^[0-9]+$"));
+    let settlement = || path_param("id", "settlement id", Some("^[0-9]+$"));
+    let paths = [
+        (
+            "/settlementWindows",
+            json!({"get": admin_op("Settlement windows by ?state=, ?fromDateTime=, ?toDateTime=, ?participantId=, ?currency= (at least one; no match is 400 3100)", None, vec![], "200")}),
+        ),
+        (
+            "/settlementWindows/{id}",
+            json!({
+            "get": admin_op("One window; a closed one with each participant account's net (participants, positive: net sender) and transferCount", None, vec![window()], "200"),
+            "post": admin_op("Close the open window; answers the next (open) window", Some("SettlementWindowClose"), vec![window()], "200")}),
+        ),
+        (
+            "/settlementWindows/{id}/statement",
+            json!({"get": admin_op("Statement of a closed window: each account's net, the settlement holding it, totals per currency (nets sum to zero); ?format=csv for text/csv", None, vec![window()], "200")}),
+        ),
+        (
+            "/settlements",
+            json!({
+            "post": admin_op("Create a settlement of closed windows (settlementModel registered with /settlementModels)", Some("SettlementCreate"), vec![], "200"),
+            "get": admin_op("Settlements by ?state=, ?settlementWindowId=, ?currency=, ?participantId=, ?accountId=, ?fromDateTime=, ?toDateTime=, ?fromSettlementWindowDateTime=, ?toSettlementWindowDateTime= (at least one)", None, vec![], "200")}),
+        ),
+        (
+            "/settlements/{id}",
+            json!({
+            "get": admin_op("One settlement", None, vec![settlement()], "200"),
+            "put": admin_op("Move accounts one state on (PS_TRANSFERS_RECORDED, PS_TRANSFERS_RESERVED, PS_TRANSFERS_COMMITTED, SETTLED), or {state: ABORTED, reason} before any commit", Some("SettlementUpdate"), vec![settlement()], "200")}),
+        ),
+    ];
+    if let Some(map) = doc["paths"].as_object_mut() {
+        for (path, item) in paths {
+            map.insert(path.to_string(), item);
+        }
+    }
+    let reason = json!({"type": "string", "minLength": 1, "maxLength": 512});
+    let account_state = json!({"type": "string", "enum": ["PS_TRANSFERS_RECORDED", "PS_TRANSFERS_RESERVED", "PS_TRANSFERS_COMMITTED", "SETTLED"]});
+    let schemas = [
+        (
+            "SettlementWindowClose",
+            json!({"type": "object", "additionalProperties": false, "required": ["state", "reason"],
+            "properties": {"state": {"type": "string", "enum": ["CLOSED"]}, "reason": reason}}),
+        ),
+        (
+            "SettlementCreate",
+            json!({"type": "object", "additionalProperties": false,
+            "required": ["settlementModel", "reason", "settlementWindows"],
+            "properties": {"settlementModel": {"type": "string"}, "reason": reason,
+                "settlementWindows": {"type": "array", "minItems": 1, "items": {"type": "object", "additionalProperties": false,
+                    "required": ["id"], "properties": {"id": {"type": "integer", "minimum": 1}}}}}}),
+        ),
+        (
+            "SettlementUpdate",
+            json!({"oneOf": [
+            {"type": "object", "additionalProperties": false, "required": ["participants"],
+             "properties": {"participants": {"type": "array", "items": {"type": "object", "additionalProperties": false,
+                "required": ["id", "accounts"], "properties": {"id": {"type": "integer"},
+                "accounts": {"type": "array", "items": {"type": "object", "additionalProperties": false,
+                    "required": ["id", "state", "reason"], "properties": {"id": {"type": "integer"}, "state": account_state,
+                    "reason": reason, "externalReference": {"type": "string", "maxLength": 256}}}}}}}}},
+            {"type": "object", "additionalProperties": false, "required": ["state", "reason"],
+             "properties": {"state": {"type": "string", "enum": ["ABORTED"]}, "reason": reason, "externalReference": {"type": "string"}}}]}),
+        ),
+    ];
+    if let Some(map) = doc["components"]["schemas"].as_object_mut() {
+        for (name, schema) in schemas {
+            map.insert(name.to_string(), schema);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -339,5 +414,34 @@ mod tests {
         assert_eq!(ok("/transfers/{ID}", "get"), ["202"]);
         assert_eq!(ok("/transfers/{ID}", "put"), ["200"]);
         assert_eq!(ok("/transfers/{ID}/error", "put"), ["200"]);
+    }
+
+    /// Every settlement route the admin listener serves is in the document, with the
+    /// success answer its handler gives.
+    #[test]
+    fn settlement_routes_are_listed() {
+        let doc = document();
+        for (path, method) in [
+            ("/settlementWindows", "get"),
+            ("/settlementWindows/{id}", "get"),
+            ("/settlementWindows/{id}", "post"),
+            ("/settlementWindows/{id}/statement", "get"),
+            ("/settlements", "post"),
+            ("/settlements", "get"),
+            ("/settlements/{id}", "get"),
+            ("/settlements/{id}", "put"),
+        ] {
+            assert!(
+                doc["paths"][path][method]["responses"]["200"].is_object(),
+                "{method} {path}"
+            );
+        }
+        for name in [
+            "SettlementWindowClose",
+            "SettlementCreate",
+            "SettlementUpdate",
+        ] {
+            assert!(doc["components"]["schemas"][name].is_object(), "{name}");
+        }
     }
 }

@@ -1096,4 +1096,19 @@ async fn bad_settlement_requests_change_nothing() {
     assert_eq!(states["dfspa"], "PS_TRANSFERS_RECORDED");
     assert_eq!(states["dfspb"], "PENDING_SETTLEMENT");
     assert_eq!(s.1["state"], "PENDING_SETTLEMENT");
+    // The served OpenAPI document lists the settlement routes.
+    let (st, doc) = w.call("GET", "/openapi.json", Value::Null).await;
+    assert_eq!(st, 200);
+    for (path, method) in [
+        ("/settlementWindows", "get"),
+        ("/settlementWindows/{id}", "post"),
+        ("/settlementWindows/{id}/statement", "get"),
+        ("/settlements", "post"),
+        ("/settlements/{id}", "put"),
+    ] {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "openapi: {method} {path}"
+        );
+    }
 }

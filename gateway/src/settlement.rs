@@ -549,12 +549,19 @@ async fn statement(state: &AppState, id: &str, query: &BTreeMap<String, String>)
     })))
 }
 
-/// A CSV field: quoted when it holds a comma, a quote or a line break.
+/// A CSV text field: quoted when it holds a comma, a quote or a line break, and led by
+/// `'` when it starts like a spreadsheet formula (`=`, `+`, `-`, `@`), so that opening the
+/// statement in a spreadsheet never evaluates a participant's name.
 fn csv_field(text: &str) -> String {
+    let text = if text.starts_with(['=', '+', '-', '@', '\t']) {
+        format!("'{text}")
+    } else {
+        text.to_string()
+    };
     if text.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {
-        text.to_string()
+        text
     }
 }
 
@@ -922,4 +929,18 @@ async fn hub_accounts(state: &AppState) -> Answer {
         }));
     }
     Ok(HttpResponse::Ok().json(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_field;
+
+    #[test]
+    fn csv_fields_are_quoted_and_never_formulas() {
+        assert_eq!(csv_field("dfsp1"), "dfsp1");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("=1+1"), "'=1+1");
+        assert_eq!(csv_field("@x,y"), "\"'@x,y\"");
+    }
 }

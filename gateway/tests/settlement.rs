@@ -1112,3 +1112,54 @@ async fn bad_settlement_requests_change_nothing() {
         );
     }
 }
+
+/// The settlement routes sit behind the admin credential like every admin route: without
+/// the token each is 401 and the window stays open; with it, the same close works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlement_routes_need_the_admin_credential() {
+    use std::os::unix::fs::PermissionsExt;
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "ops-0123456789abcdef0123456789abcdef";
+    let tokens = dir.path().join("admin-tokens");
+    std::fs::write(&tokens, format!("ops-alice {token}\n")).expect("write");
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let hub = HubProcess::start_with(
+        &dir.path().join("data"),
+        &[std::ffi::OsStr::new("--admin-tokens"), tokens.as_os_str()],
+    );
+    let http = Http::default();
+    let headers = |with: bool| {
+        let mut h = vec![("content-type", "application/json".to_string())];
+        if with {
+            h.push(("authorization", format!("Bearer {token}")));
+        }
+        h
+    };
+    let close = json!({"state": "CLOSED", "reason": "r"}).to_string();
+    let create = json!({"settlementModel": MODEL, "reason": "r", "settlementWindows": [{"id": 1}]})
+        .to_string();
+    let abort = json!({"state": "ABORTED", "reason": "r"}).to_string();
+    for (method, path, body) in [
+        ("GET", "/settlementWindows?state=OPEN", ""),
+        ("GET", "/settlementWindows/1", ""),
+        ("POST", "/settlementWindows/1", close.as_str()),
+        ("GET", "/settlementWindows/1/statement", ""),
+        ("POST", "/settlements", create.as_str()),
+        ("GET", "/settlements?state=SETTLED", ""),
+        ("GET", "/settlements/1", ""),
+        ("PUT", "/settlements/1", abort.as_str()),
+        ("GET", "/participants/Hub/accounts", ""),
+    ] {
+        let url = format!("{}{path}", hub.admin);
+        let (st, v) = http.send(method, &url, &headers(false), body).await;
+        assert_eq!(st, 401, "{method} {path} without a token: {v}");
+    }
+    let url = format!("{}/settlementWindows/1", hub.admin);
+    let (st, v) = http.send("GET", &url, &headers(true), "").await;
+    assert_eq!((st, v["state"].as_str()), (200, Some("OPEN")), "{v}");
+    let (st, v) = http.send("POST", &url, &headers(true), &close).await;
+    assert_eq!((st, v["id"].as_u64()), (200, Some(2)), "{v}");
+    let (st, v) = http.send("GET", &url, &headers(true), "").await;
+    assert_eq!((st, v["state"].as_str()), (200, Some("CLOSED")), "{v}");
+}

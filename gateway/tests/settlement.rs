@@ -682,6 +682,24 @@ async fn an_abort_after_reserve_restores_everything() {
     assert_eq!(w.settlement(1).await["state"], "ABORTED");
 }
 
+/// Writes a whole admin request to the hub, waits `delay_ms`, then SIGKILLs the hub (its
+/// answer, if any came, unread) and restarts it on the same data.
+async fn send_then_kill(w: &mut World, method: &str, path: &str, body: &str, delay_ms: u64) {
+    use tokio::io::AsyncWriteExt;
+    let addr = w.admin().trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    w.restart();
+    drop(stream);
+}
+
 /// SIGKILL with a PUT of every account to `state` in flight, `delay_ms` after its bytes
 /// were written: after the restart the settlement is either still at `before` (the change
 /// was not decided) or at `state` (decided, and finished by the restarted hub before it
@@ -695,22 +713,10 @@ async fn killed_in_flight(
     state: &str,
     delay_ms: u64,
 ) -> bool {
-    use tokio::io::AsyncWriteExt;
     let s = w.settlement(1).await;
     assert_eq!(s["state"], before);
     let body = World::all_accounts(&s, state).to_string();
-    let addr = w.admin().trim_start_matches("http://").to_string();
-    let mut stream = tokio::net::TcpStream::connect(&addr)
-        .await
-        .expect("connect");
-    let request = format!(
-        "PUT /settlements/1 HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.expect("send");
-    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-    w.restart();
-    drop(stream);
+    send_then_kill(w, "PUT", "/settlements/1", &body, delay_ms).await;
     let s = w.settlement(1).await;
     let found = s["state"].as_str().expect("state").to_string();
     eprintln!("killed {delay_ms} ms into the PUT to {state}: found the settlement {found}");
@@ -753,22 +759,8 @@ async fn a_crash_between_and_during_settlement_steps() {
 
     // Killed with the close in flight: window 1 is either still open (then closed again)
     // or closed with exactly the day's nets and window 2 open, never both open or none.
-    {
-        use tokio::io::AsyncWriteExt;
-        let body = json!({"state": "CLOSED", "reason": "end of day"}).to_string();
-        let addr = w.admin().trim_start_matches("http://").to_string();
-        let mut stream = tokio::net::TcpStream::connect(&addr)
-            .await
-            .expect("connect");
-        let request = format!(
-            "POST /settlementWindows/1 HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await.expect("send");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        w.restart();
-        drop(stream);
-    }
+    let body = json!({"state": "CLOSED", "reason": "end of day"}).to_string();
+    send_then_kill(&mut w, "POST", "/settlementWindows/1", &body, 2).await;
     let (st, open) = w
         .call("GET", "/settlementWindows?state=OPEN", Value::Null)
         .await;

@@ -52,7 +52,10 @@ fn windows_close_and_settle_during_an_engine_run() {
         .map(|c| c["transfers"].as_u64().expect("count"))
         .sum();
     let measured = report["transfers"].as_u64().expect("transfers");
-    assert!(measured > 0 && held >= measured * 2 / 3, "{held} held, {measured} measured");
+    assert!(
+        measured > 0 && held >= measured * 2 / 3,
+        "{held} held, {measured} measured"
+    );
     for close in closes {
         assert!(close["settle_ms"].as_f64().is_some(), "settled: {close}");
         assert!(close["settled_accounts"].as_u64().expect("accounts") >= 2);

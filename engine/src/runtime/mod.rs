@@ -48,6 +48,7 @@ mod settlement;
 mod workers;
 use actor::*;
 pub use api::{AccountView, EngineMetrics, HubConfig, PartitionStatus, TransferView};
+pub use settlement::HubAccountsView;
 use outbox::Acks;
 pub use outbox::{AckToken, Delivery};
 use recovery::*;

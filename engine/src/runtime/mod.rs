@@ -48,10 +48,10 @@ mod settlement;
 mod workers;
 use actor::*;
 pub use api::{AccountView, EngineMetrics, HubConfig, PartitionStatus, TransferView};
-pub use settlement::HubAccountsView;
 use outbox::Acks;
 pub use outbox::{AckToken, Delivery};
 use recovery::*;
+pub use settlement::HubAccountsView;
 use workers::*;
 
 /// Counters of one partition, shared with the hub handle.

@@ -261,6 +261,18 @@ impl Book {
             .ok_or_else(|| not_found(format!("settlement window {id} not found")))
     }
 
+    fn window_mut(&mut self, id: WindowId) -> Result<&mut WindowRecord, EngineError> {
+        self.windows
+            .get_mut(&id)
+            .ok_or_else(|| not_found(format!("settlement window {id} not found")))
+    }
+
+    fn settlement_mut(&mut self, id: SettlementId) -> Result<&mut SettlementRecord, EngineError> {
+        self.settlements
+            .get_mut(&id)
+            .ok_or_else(|| not_found(format!("settlement {id} not found")))
+    }
+
     pub fn settlement(&self, id: SettlementId) -> Result<&SettlementRecord, EngineError> {
         self.settlements
             .get(&id)
@@ -274,10 +286,7 @@ impl Book {
         reason: &str,
         now_ms: i64,
     ) -> Result<WindowRecord, EngineError> {
-        let window = self
-            .windows
-            .get_mut(&id)
-            .ok_or_else(|| not_found(format!("settlement window {id} not found")))?;
+        let window = self.window_mut(id)?;
         if window.state != WindowState::Open {
             return Err(invalid(format!(
                 "settlement window {id} is {}, only the open window can be closed",
@@ -300,10 +309,7 @@ impl Book {
         nets: WindowNets,
         now_ms: i64,
     ) -> Result<[WindowRecord; 2], EngineError> {
-        let window = self
-            .windows
-            .get_mut(&id)
-            .ok_or_else(|| not_found(format!("settlement window {id} not found")))?;
+        let window = self.window_mut(id)?;
         assert!(window.closing && window.state == WindowState::Open);
         window.closing = false;
         window.state = WindowState::Closed;
@@ -411,10 +417,7 @@ impl Book {
         updates: &[AccountUpdate],
         reason: &str,
     ) -> Result<Option<SettlementRecord>, EngineError> {
-        let record = self
-            .settlements
-            .get_mut(&id)
-            .ok_or_else(|| not_found(format!("settlement {id} not found")))?;
+        let record = self.settlement_mut(id)?;
         if record.pending.is_some() {
             return Err(EngineError::refused(
                 ErrorCode::ServiceUnavailable,
@@ -479,10 +482,7 @@ impl Book {
         id: SettlementId,
         reason: &str,
     ) -> Result<Option<SettlementRecord>, EngineError> {
-        let record = self
-            .settlements
-            .get_mut(&id)
-            .ok_or_else(|| not_found(format!("settlement {id} not found")))?;
+        let record = self.settlement_mut(id)?;
         if record.pending.is_some() {
             return Err(EngineError::refused(
                 ErrorCode::ServiceUnavailable,
@@ -523,10 +523,7 @@ impl Book {
         id: SettlementId,
         now_ms: i64,
     ) -> Result<(SettlementRecord, Vec<WindowRecord>), EngineError> {
-        let record = self
-            .settlements
-            .get_mut(&id)
-            .ok_or_else(|| not_found(format!("settlement {id} not found")))?;
+        let record = self.settlement_mut(id)?;
         let Some(pending) = record.pending.take() else {
             return Ok((record.clone(), Vec::new()));
         };

@@ -125,7 +125,8 @@ impl RecordKind {
         match self {
             RecordKind::WalBatch => 1,
             RecordKind::Snapshot => 1,
-            // 2: the settlement book (machine::settlement) appended.
+            // 2: the settlement book (machine::settlement) and the inactive accounts
+            // appended.
             RecordKind::PartitionState => 2,
             RecordKind::ArchiveRecord => 1,
             RecordKind::ArchiveRunMeta => 1,

@@ -133,6 +133,9 @@ pub enum Admin {
     CreateAccount { account: AccountKey },
     /// Participant-wide activation switch. Sent to every partition.
     SetActive { fsp: FspId, active: bool },
+    /// One currency account's activation switch (central-ledger's
+    /// `PUT /participants/{name}/accounts/{id}`). Sent to every partition; each answers.
+    SetAccountActive { account: AccountKey, active: bool },
     /// Home only. Allowed once per account, like central-ledger.
     InitialPositionAndLimits {
         account: AccountKey,

@@ -52,6 +52,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::post().to(funds_action),
         )
         .route(
+            "/participants/{name}/accounts/{id}",
+            web::put().to(crate::activation::put_account),
+        )
+        .route(
             "/participants/{name}/accounts/{id}/transfers/{transfer_id}",
             web::put().to(funds_out_finish),
         )
@@ -75,13 +79,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/openapi.json", web::get().to(openapi));
 }
 
-type Answer = Result<HttpResponse, ApiError>;
+pub(crate) type Answer = Result<HttpResponse, ApiError>;
 
-fn respond(answer: Answer) -> HttpResponse {
+pub(crate) fn respond(answer: Answer) -> HttpResponse {
     answer.unwrap_or_else(|e| error_response(&e))
 }
 
-fn not_found(name: &str) -> ApiError {
+pub(crate) fn not_found(name: &str) -> ApiError {
     ApiError::new(
         404,
         3200,
@@ -91,7 +95,7 @@ fn not_found(name: &str) -> ApiError {
 
 /// A registry write that failed: the engine's error as the engine mapping says, a
 /// registry over its bound as 503 (nothing was recorded; an operator must make room).
-fn registry_error(e: RegistryError) -> ApiError {
+pub(crate) fn registry_error(e: RegistryError) -> ApiError {
     match e {
         RegistryError::Storage(e) => api_error(&e),
         RegistryError::Full(what) => {
@@ -100,7 +104,7 @@ fn registry_error(e: RegistryError) -> ApiError {
     }
 }
 
-fn participant(state: &AppState, name: &str) -> Result<Participant, ApiError> {
+pub(crate) fn participant(state: &AppState, name: &str) -> Result<Participant, ApiError> {
     state.registry.get(name).ok_or_else(|| not_found(name))
 }
 
@@ -108,7 +112,7 @@ fn currency_of(text: &str) -> Result<Currency, ApiError> {
     Currency::new(text).ok_or_else(|| ApiError::validation("currency must be an ISO 4217 code"))
 }
 
-fn account_of(p: &Participant, currency: &str) -> Result<AccountKey, ApiError> {
+pub(crate) fn account_of(p: &Participant, currency: &str) -> Result<AccountKey, ApiError> {
     if !p.currencies.iter().any(|c| c == currency) {
         return Err(ApiError::validation(format!(
             "{} has no {currency} account",
@@ -198,6 +202,7 @@ async fn create(state: &AppState, body: &[u8]) -> Answer {
         currencies: Vec::new(),
         endpoints: BTreeMap::new(),
         alarm_pct: BTreeMap::new(),
+        inactive_currencies: Default::default(),
     });
     if p.currencies.iter().any(|c| c == currency_text) {
         return Err(ApiError::new(
@@ -388,19 +393,24 @@ async fn set_active(
     respond(activate(&state, &path, &body).await)
 }
 
+/// `{"isActive": true|false}` (or 1|0), nothing else.
+pub(crate) fn active_flag(map: &Map<String, Value>) -> Result<bool, ApiError> {
+    only_fields(map, &["isActive"])?;
+    match map.get("isActive") {
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::Number(n)) if n.as_u64() == Some(0) || n.as_u64() == Some(1) => {
+            Ok(n.as_u64() == Some(1))
+        }
+        Some(_) => Err(ApiError::validation("isActive must be a boolean")),
+        None => Err(ApiError::missing("isActive")),
+    }
+}
+
 async fn activate(state: &AppState, name: &str, body: &[u8]) -> Answer {
     let _one_at_a_time = state.admin_lock.lock().await;
     let mut p = participant(state, name)?;
     let map = parse_object(body)?;
-    only_fields(&map, &["isActive"])?;
-    let active = match map.get("isActive") {
-        Some(Value::Bool(b)) => *b,
-        Some(Value::Number(n)) if n.as_u64() == Some(0) || n.as_u64() == Some(1) => {
-            n.as_u64() == Some(1)
-        }
-        Some(_) => return Err(ApiError::validation("isActive must be a boolean")),
-        None => return Err(ApiError::missing("isActive")),
-    };
+    let active = active_flag(&map)?;
     let fsp = FspId::new(name).ok_or_else(|| not_found(name))?;
     state
         .hub
@@ -643,14 +653,14 @@ async fn accounts(state: &AppState, name: &str) -> Answer {
         let changed = format_timestamp(now_ms());
         out.push(json!({
             "id": p.account_id(i, false), "ledgerAccountType": "POSITION", "currency": currency,
-            "isActive": if p.is_active { 1 } else { 0 },
+            "isActive": if p.account_active(currency) { 1 } else { 0 },
             "value": money_value(position, account.currency),
             "reservedValue": money_value(reserved, account.currency), "changedDate": changed,
         }));
         // central-ledger's sign: deposited funds make the SETTLEMENT balance negative.
         out.push(json!({
             "id": p.account_id(i, true), "ledgerAccountType": "SETTLEMENT", "currency": currency,
-            "isActive": if p.is_active { 1 } else { 0 },
+            "isActive": if p.account_active(currency) { 1 } else { 0 },
             "value": money_value(-cover, account.currency),
             "reservedValue": 0, "changedDate": changed,
         }));

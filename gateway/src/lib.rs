@@ -4,6 +4,7 @@
 //!
 //! Only this crate knows HTTP and JSON.
 
+pub mod activation;
 pub mod admin;
 pub mod alarm;
 pub mod auth;

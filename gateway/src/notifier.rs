@@ -689,6 +689,7 @@ mod tests {
             currencies: vec!["USD".into()],
             endpoints,
             alarm_pct: BTreeMap::new(),
+            inactive_currencies: Default::default(),
         }
     }
 

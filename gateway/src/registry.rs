@@ -42,12 +42,21 @@ pub struct Participant {
     /// (the engine does not use it; it is reported back).
     #[serde(default)]
     pub alarm_pct: BTreeMap<String, f64>,
+    /// Currencies whose accounts the operator switched off
+    /// (`PUT /participants/{name}/accounts/{id}`).
+    #[serde(default)]
+    pub inactive_currencies: BTreeSet<String>,
 }
 
 impl Participant {
     /// central-ledger style numeric account ids: POSITION and SETTLEMENT per currency.
     pub fn account_id(&self, currency_index: usize, settlement: bool) -> u64 {
         self.seq * 1_000 + 2 * currency_index as u64 + if settlement { 2 } else { 1 }
+    }
+
+    /// Whether the participant and its account in `currency` are both active.
+    pub fn account_active(&self, currency: &str) -> bool {
+        self.is_active && !self.inactive_currencies.contains(currency)
     }
 
     /// (currency, is settlement) of an account id of this participant.
@@ -271,6 +280,7 @@ mod tests {
             currencies: currencies.iter().map(|c| c.to_string()).collect(),
             endpoints: BTreeMap::new(),
             alarm_pct: BTreeMap::new(),
+            inactive_currencies: Default::default(),
         }
     }
 

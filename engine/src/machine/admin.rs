@@ -26,7 +26,10 @@ enum Change {
 /// The account an admin change is about; `None` for the participant-wide ones.
 fn admin_account(admin: &Admin) -> Option<AccountKey> {
     match admin {
-        Admin::CreateAccount { .. } | Admin::SetActive { .. } | Admin::CloseWindow { .. } => None,
+        Admin::CreateAccount { .. }
+        | Admin::SetActive { .. }
+        | Admin::SetAccountActive { .. }
+        | Admin::CloseWindow { .. } => None,
         Admin::Settle { account, .. }
         | Admin::InitialPositionAndLimits { account, .. }
         | Admin::SetNdc { account, .. }
@@ -124,6 +127,14 @@ impl PartitionState {
                     out.events.push(admin_done(request_id, Ok(())));
                 }
             }
+            Admin::SetAccountActive { account, active } => {
+                if active {
+                    self.inactive_accounts.remove(&account);
+                } else {
+                    self.inactive_accounts.insert(account);
+                }
+                out.events.push(admin_done(request_id, Ok(())));
+            }
             Admin::CloseWindow { window } => {
                 let result = self.settlement.close(window).map_err(|not_open| {
                     admin_err(&format!(
@@ -141,12 +152,13 @@ impl PartitionState {
     /// the bank as it is now.
     pub(super) fn admin_now(&mut self, request_id: u64, admin: Admin, out: &mut Output) {
         match admin {
-            Admin::CreateAccount { .. } | Admin::SetActive { .. } | Admin::CloseWindow { .. } => {
-                out.events.push(admin_done(
-                    request_id,
-                    Err(admin_err("not a change of one account")),
-                ))
-            }
+            Admin::CreateAccount { .. }
+            | Admin::SetActive { .. }
+            | Admin::SetAccountActive { .. }
+            | Admin::CloseWindow { .. } => out.events.push(admin_done(
+                request_id,
+                Err(admin_err("not a change of one account")),
+            )),
             Admin::Settle {
                 account,
                 settlement,

@@ -126,6 +126,9 @@ pub struct PartitionState {
     pub outbound_seq: Vec<u64>,
     /// Settlement windows' nets, settlement steps and the hub's accounts.
     pub settlement: settlement::SettlementBook,
+    /// Currency accounts switched off (`Admin::SetAccountActive`): their transfers are
+    /// refused, as an inactive participant's are.
+    pub inactive_accounts: BTreeSet<AccountKey>,
     limits: Limits,
     // Scratch for the batch in progress; empty between batches.
     finished_in_batch: HashMap<TransferId, FinishedTransfer>,
@@ -153,6 +156,7 @@ impl PartitionState {
             inbound: BTreeMap::new(),
             outbound_seq: vec![0; partitions as usize],
             settlement: settlement::SettlementBook::default(),
+            inactive_accounts: BTreeSet::new(),
             limits,
             finished_in_batch: HashMap::new(),
             self_queue: VecDeque::new(),

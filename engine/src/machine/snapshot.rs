@@ -27,6 +27,7 @@ struct Snapshot {
     inbound: Vec<(u32, Inbound)>,
     outbound_seq: Vec<u64>,
     settlement: SettlementBook,
+    inactive_accounts: Vec<AccountKey>,
 }
 
 /// Format version 1 of the partition state, from before settlement: read and converted
@@ -57,6 +58,7 @@ impl SnapshotV1 {
             inbound: self.inbound,
             outbound_seq: self.outbound_seq,
             settlement: SettlementBook::default(),
+            inactive_accounts: Vec::new(),
         }
     }
 }
@@ -93,6 +95,7 @@ impl PartitionState {
             inbound: self.inbound.iter().map(|(k, v)| (*k, v.clone())).collect(),
             outbound_seq: self.outbound_seq.clone(),
             settlement: self.settlement.clone(),
+            inactive_accounts: self.inactive_accounts.iter().copied().collect(),
         };
         crate::codec::encode_record(crate::codec::RecordKind::PartitionState, &snapshot)
             .expect("in-memory state serialises")
@@ -143,6 +146,7 @@ impl PartitionState {
         state.inbound = snapshot.inbound.into_iter().collect();
         state.outbound_seq = snapshot.outbound_seq;
         state.settlement = snapshot.settlement;
+        state.inactive_accounts = snapshot.inactive_accounts.into_iter().collect();
         // Bytes can decode and still hold a broken ledger: refuse them with the reason.
         state
             .check()

@@ -1608,4 +1608,5 @@ fn a_refused_prepare_is_final_and_a_resend_gets_the_same_answer() {
     }
 }
 
+mod activation;
 mod settlement;

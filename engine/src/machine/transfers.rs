@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 impl PartitionState {
     fn account_usable(&self, account: &AccountKey) -> bool {
         self.accounts.contains_key(account)
+            && !self.inactive_accounts.contains(account)
             && self
                 .participants
                 .get(&account.fsp)

@@ -576,7 +576,7 @@ impl Hub {
 
     /// Runs an admin command where it belongs and waits for its result.
     pub async fn admin(&self, now_ms: TimestampMs, admin: Admin) -> Result<(), EngineError> {
-        if let Admin::CloseWindow { .. } = admin {
+        if let Admin::CloseWindow { .. } | Admin::SetAccountActive { .. } = admin {
             // Every partition answers for itself: the close is done once all have it.
             for p in 0..self.shared.partitions {
                 self.admin_on(&[p], now_ms, admin.clone()).await?;
@@ -596,7 +596,9 @@ impl Hub {
                     .chain((0..partitions).filter(|p| *p != home))
                     .collect()
             }
-            Admin::SetActive { .. } | Admin::CloseWindow { .. } => (0..partitions).collect(),
+            Admin::SetActive { .. }
+            | Admin::CloseWindow { .. }
+            | Admin::SetAccountActive { .. } => (0..partitions).collect(),
             Admin::InitialPositionAndLimits { account, .. }
             | Admin::SetNdc { account, .. }
             | Admin::FundsIn { account, .. }

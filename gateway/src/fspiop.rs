@@ -389,15 +389,22 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
         millis = padded[..3].parse().ok()?;
         rest = &fraction[digits.len()..];
     }
-    let offset_min = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6
-            && (rest.starts_with('+') || rest.starts_with('-'))
-            && &rest[3..4] == ":" =>
-        {
-            let h: i64 = rest[1..3].parse().ok()?;
-            let m: i64 = rest[4..6].parse().ok()?;
-            let sign = if rest.starts_with('-') { -1 } else { 1 };
+    // Read as bytes: the offset may hold any characters, and slicing the text between
+    // the bytes of one would panic.
+    let two_digits = |d: &[u8]| -> Option<i64> {
+        match d {
+            [a, b] if a.is_ascii_digit() && b.is_ascii_digit() => {
+                Some(i64::from(a - b'0') * 10 + i64::from(b - b'0'))
+            }
+            _ => None,
+        }
+    };
+    let offset_min = match rest.as_bytes() {
+        b"Z" | b"z" => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let h = two_digits(&[*h1, *h2])?;
+            let m = two_digits(&[*m1, *m2])?;
+            let sign = if *sign == b'-' { -1 } else { 1 };
             sign * (h * 60 + m)
         }
         _ => return None,
@@ -879,6 +886,20 @@ mod tests {
         );
         assert_eq!(parse_timestamp("2026-13-01T00:00:00Z"), None);
         assert_eq!(parse_timestamp("yesterday"), None);
+    }
+
+    #[test]
+    fn timestamps_with_a_multi_byte_offset_are_refused_not_a_panic() {
+        // Found by the `dates` fuzz target: a six-byte "offset" whose fourth byte is
+        // inside a multi-byte character was sliced as a string and panicked.
+        for text in [
+            "2024-01-01T00:00:00+\u{20ac}xx",
+            "2024-01-01T00:00:00+0\u{e9}:0",
+            "2024-01-01T00:00:00.5-\u{e9}\u{e9}0",
+            "2024-01-01T00:00:00+01:\u{e9}",
+        ] {
+            assert_eq!(parse_timestamp(text), None, "{text}");
+        }
     }
 
     #[test]

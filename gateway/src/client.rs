@@ -33,7 +33,7 @@ use std::collections::HashMap;
 use std::io::{self, Write as _};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 mod stream;
 #[cfg(test)]
@@ -138,8 +138,9 @@ struct Idle {
 }
 
 /// An open connection and its read buffer (kept with it, so reuse does not allocate).
-struct Conn {
-    stream: Stream,
+/// The response reader is generic over the stream so that it can be fed from memory.
+struct Conn<S = Stream> {
+    stream: S,
     buf: Vec<u8>,
 }
 
@@ -317,8 +318,35 @@ async fn exchange(
     // A TLS session may hold back the last record until flushed; a TCP flush is a no-op.
     conn.stream.flush().await?;
     conn.buf.clear();
+    let (response, reusable) = read_response(&mut conn, head_only, limits).await?;
+    Ok((response, reusable.then_some(conn)))
+}
+
+/// Reads one whole response from `stream`, as the client reads it off a connection
+/// (interim responses skipped, framing, bounds): the response, and whether a connection
+/// could be reused after it. For the fuzz target of the response parser.
+#[doc(hidden)]
+pub async fn read_response_from<S: AsyncRead + Unpin>(
+    stream: S,
+    head_only: bool,
+    limits: &ClientLimits,
+) -> Result<(Response, bool), ClientError> {
+    let mut conn = Conn {
+        stream,
+        buf: Vec::with_capacity(READ_BUFFER_BYTES),
+    };
+    read_response(&mut conn, head_only, limits).await
+}
+
+/// Reads the response to a request just written; `true` when the connection may be
+/// reused after it.
+async fn read_response<S: AsyncRead + Unpin>(
+    conn: &mut Conn<S>,
+    head_only: bool,
+    limits: &ClientLimits,
+) -> Result<(Response, bool), ClientError> {
     loop {
-        let head = read_head(&mut conn, head_only, limits).await?;
+        let head = read_head(conn, head_only, limits).await?;
         conn.buf.drain(..head.len);
         let status = head.status;
         if (100..200).contains(&status) {
@@ -328,17 +356,17 @@ async fn exchange(
             continue;
         }
         let body = match head.framing {
-            Framing::Length(n) => read_exact_body(&mut conn, n, limits).await?,
-            Framing::Chunked => read_chunked_body(&mut conn, limits).await?,
+            Framing::Length(n) => read_exact_body(conn, n, limits).await?,
+            Framing::Chunked => read_chunked_body(conn, limits).await?,
             Framing::UntilClose => {
-                read_until_close(&mut conn, limits).await?;
+                read_until_close(conn, limits).await?;
                 let body = Bytes::from(std::mem::take(&mut conn.buf));
-                return Ok((Response { status, body }, None));
+                return Ok((Response { status, body }, false));
             }
         };
         // Bytes after the response were never asked for: do not reuse the connection.
         let reusable = head.keep_alive && conn.buf.is_empty();
-        return Ok((Response { status, body }, reusable.then_some(conn)));
+        return Ok((Response { status, body }, reusable));
     }
 }
 
@@ -362,7 +390,10 @@ enum Framing {
 
 /// Reads more bytes into the connection's buffer, letting it hold at most `bytes_max`;
 /// an end of stream is an error here.
-async fn fill(conn: &mut Conn, bytes_max: usize) -> Result<(), ClientError> {
+async fn fill<S: AsyncRead + Unpin>(
+    conn: &mut Conn<S>,
+    bytes_max: usize,
+) -> Result<(), ClientError> {
     let room = bytes_max.saturating_sub(conn.buf.len());
     if room == 0 {
         return Err(ClientError::BadResponse("response over its size bound"));
@@ -382,8 +413,8 @@ async fn fill(conn: &mut Conn, bytes_max: usize) -> Result<(), ClientError> {
 }
 
 /// Reads until a whole response head is buffered and parses it.
-async fn read_head(
-    conn: &mut Conn,
+async fn read_head<S: AsyncRead + Unpin>(
+    conn: &mut Conn<S>,
     head_only: bool,
     limits: &ClientLimits,
 ) -> Result<Head, ClientError> {
@@ -463,8 +494,8 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Option<Head>, ClientError> 
     }))
 }
 
-async fn read_exact_body(
-    conn: &mut Conn,
+async fn read_exact_body<S: AsyncRead + Unpin>(
+    conn: &mut Conn<S>,
     length: usize,
     limits: &ClientLimits,
 ) -> Result<Bytes, ClientError> {
@@ -479,7 +510,10 @@ async fn read_exact_body(
     Ok(body)
 }
 
-async fn read_until_close(conn: &mut Conn, limits: &ClientLimits) -> Result<(), ClientError> {
+async fn read_until_close<S: AsyncRead + Unpin>(
+    conn: &mut Conn<S>,
+    limits: &ClientLimits,
+) -> Result<(), ClientError> {
     loop {
         match fill(conn, limits.response_body_bytes_max).await {
             Ok(()) => {}
@@ -490,7 +524,10 @@ async fn read_until_close(conn: &mut Conn, limits: &ClientLimits) -> Result<(), 
 }
 
 /// Decodes a chunked body (chunk extensions and trailers are read and ignored).
-async fn read_chunked_body(conn: &mut Conn, limits: &ClientLimits) -> Result<Bytes, ClientError> {
+async fn read_chunked_body<S: AsyncRead + Unpin>(
+    conn: &mut Conn<S>,
+    limits: &ClientLimits,
+) -> Result<Bytes, ClientError> {
     let body_max = limits.response_body_bytes_max;
     let mut body = Vec::new();
     loop {
@@ -529,7 +566,7 @@ async fn read_chunked_body(conn: &mut Conn, limits: &ClientLimits) -> Result<Byt
 }
 
 /// Takes one CRLF-terminated line off the buffer (without the CRLF).
-async fn read_line(conn: &mut Conn) -> Result<Vec<u8>, ClientError> {
+async fn read_line<S: AsyncRead + Unpin>(conn: &mut Conn<S>) -> Result<Vec<u8>, ClientError> {
     loop {
         if let Some(at) = conn.buf.windows(2).position(|w| w == b"\r\n") {
             let line = conn.buf[..at].to_vec();

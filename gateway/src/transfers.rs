@@ -97,7 +97,19 @@ async fn post_transfer(
 }
 
 async fn prepare(state: &AppState, req: &HttpRequest, body: &[u8]) -> Result<(), ApiError> {
-    let headers = check_headers(&header_getter(req), true)?;
+    let now = now_ms();
+    let prepare = prepare_command(&header_getter(req), body, now)?;
+    state.hub.prepare(now, prepare).await.map_err(from_engine)
+}
+
+/// Validates a `POST /transfers` (its headers, by lower-case name, and its body) into the
+/// engine's command, at time `now` (ms since the epoch). A pure function of its input.
+pub fn prepare_command(
+    get: &dyn Fn(&str) -> Option<String>,
+    body: &[u8],
+    now: i64,
+) -> Result<Prepare, ApiError> {
+    let headers = check_headers(get, true)?;
     let map = parse_object(body)?;
     only_fields(
         &map,
@@ -123,7 +135,6 @@ async fn prepare(state: &AppState, req: &HttpRequest, body: &[u8]) -> Result<(),
         ApiError::validation("expiration must be an FSPIOP DateTime (YYYY-MM-DDTHH:MM:SS.fffZ)")
     })?;
     check_extension_list(&map)?;
-    let now = now_ms();
     if expiration_ms <= now {
         return Err(ApiError::validation("expiration is in the past"));
     }
@@ -141,7 +152,7 @@ async fn prepare(state: &AppState, req: &HttpRequest, body: &[u8]) -> Result<(),
     if payer == payee {
         return Err(ApiError::validation("payer and payee must differ"));
     }
-    let prepare = Prepare {
+    Ok(Prepare {
         transfer_id,
         payer,
         payee,
@@ -151,8 +162,7 @@ async fn prepare(state: &AppState, req: &HttpRequest, body: &[u8]) -> Result<(),
         expiration_ms,
         body_hash: fspiop::body_hash(&map),
         payload: stash(&headers, body),
-    };
-    state.hub.prepare(now, prepare).await.map_err(from_engine)
+    })
 }
 
 async fn put_transfer(
@@ -172,7 +182,32 @@ async fn fulfil(
     id: &str,
     body: &[u8],
 ) -> Result<(), ApiError> {
-    let headers = check_headers(&header_getter(req), true)?;
+    let now = now_ms();
+    match fulfil_command(&header_getter(req), id, body, now)? {
+        PutCommand::Fulfil(command) => state.hub.fulfil(now, command).await.map_err(from_engine),
+        PutCommand::Reject(command) => state.hub.reject(now, command).await.map_err(from_engine),
+    }
+}
+
+/// What a payee's `PUT /transfers/{ID}` asks the engine for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutCommand {
+    /// `COMMITTED` or `RESERVED`: the fulfilment.
+    Fulfil(Fulfil),
+    /// `ABORTED` (a v1.0 payee's abort): a reject without a code.
+    Reject(Reject),
+}
+
+/// Validates a `PUT /transfers/{ID}` (headers by lower-case name, the path's `id`, the
+/// body) into the engine's command, at time `now` (ms since the epoch; the completion
+/// time when the body has none). A pure function of its input.
+pub fn fulfil_command(
+    get: &dyn Fn(&str) -> Option<String>,
+    id: &str,
+    body: &[u8],
+    now: i64,
+) -> Result<PutCommand, ApiError> {
+    let headers = check_headers(get, true)?;
     let transfer_id = fspiop::transfer_id(id)?;
     let map = parse_object(body)?;
     only_fields(
@@ -186,7 +221,7 @@ async fn fulfil(
     )?;
     let transfer_state = string_field(&map, "transferState")?;
     let completed_ms = match map.get("completedTimestamp") {
-        None => now_ms(),
+        None => now,
         Some(_) => parse_datetime(string_field(&map, "completedTimestamp")?).ok_or_else(|| {
             ApiError::validation(
                 "completedTimestamp must be an FSPIOP DateTime (YYYY-MM-DDTHH:MM:SS.fffZ)",
@@ -194,7 +229,6 @@ async fn fulfil(
         })?,
     };
     check_extension_list(&map)?;
-    let now = now_ms();
     match transfer_state {
         "COMMITTED" | "RESERVED" => {
             let fulfilment = digest_field(&map, "fulfilment")?;
@@ -207,7 +241,7 @@ async fn fulfil(
                 body_hash: fspiop::body_hash(&map),
                 payload: stash(&headers, body),
             };
-            state.hub.fulfil(now, command).await.map_err(from_engine)
+            Ok(PutCommand::Fulfil(command))
         }
         // A v1.0 payee may abort with PUT and state ABORTED: a reject without a code.
         "ABORTED" => {
@@ -218,7 +252,7 @@ async fn fulfil(
                 body_hash: fspiop::body_hash(&map),
                 payload: Vec::new(),
             };
-            state.hub.reject(now, command).await.map_err(from_engine)
+            Ok(PutCommand::Reject(command))
         }
         other => Err(ApiError::validation(format!(
             "transferState {other} is not allowed here"
@@ -243,23 +277,33 @@ async fn reject(
     id: &str,
     body: &[u8],
 ) -> Result<(), ApiError> {
-    let headers = check_headers(&header_getter(req), true)?;
-    let transfer_id = fspiop::transfer_id(id)?;
-    let map = parse_object(body)?;
-    only_fields(&map, &["errorInformation"])?;
-    let error_code = fspiop::error_information(&map)?;
-    let command = Reject {
-        transfer_id,
-        source: headers.source,
-        error_code,
-        body_hash: fspiop::body_hash(&map),
-        payload: stash(&headers, body),
-    };
+    let command = reject_command(&header_getter(req), id, body)?;
     state
         .hub
         .reject(now_ms(), command)
         .await
         .map_err(from_engine)
+}
+
+/// Validates a `PUT /transfers/{ID}/error` into the engine's command. A pure function of
+/// its input.
+pub fn reject_command(
+    get: &dyn Fn(&str) -> Option<String>,
+    id: &str,
+    body: &[u8],
+) -> Result<Reject, ApiError> {
+    let headers = check_headers(get, true)?;
+    let transfer_id = fspiop::transfer_id(id)?;
+    let map = parse_object(body)?;
+    only_fields(&map, &["errorInformation"])?;
+    let error_code = fspiop::error_information(&map)?;
+    Ok(Reject {
+        transfer_id,
+        source: headers.source,
+        error_code,
+        body_hash: fspiop::body_hash(&map),
+        payload: stash(&headers, body),
+    })
 }
 
 async fn get_transfer(

@@ -302,6 +302,20 @@ fn frames_in(
     Ok(())
 }
 
+/// The frames of `partition` above `after` in the bytes of a segment or a held file, as
+/// [`Wal::read`] decodes them; a damaged or unreadable frame is an error. For the fuzz
+/// target of the record decoders.
+#[doc(hidden)]
+pub fn decode_frames(
+    bytes: &[u8],
+    partition: u32,
+    after: u64,
+) -> Result<Vec<(u64, Vec<u8>)>, EngineError> {
+    let mut out = Vec::new();
+    frames_in(bytes, "segment", partition, after, &mut out)?;
+    Ok(out)
+}
+
 /// The partition a held file's name (its decimal number, nothing else) stands for.
 fn held_partition(name: &str) -> Option<u32> {
     let partition: u32 = name.parse().ok()?;

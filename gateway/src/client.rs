@@ -565,16 +565,23 @@ async fn read_chunked_body<S: AsyncRead + Unpin>(
     }
 }
 
-/// Takes one CRLF-terminated line off the buffer (without the CRLF).
+/// Takes one CRLF-terminated line of at most `CHUNK_LINE_BYTES_MAX` bytes (without the
+/// CRLF) off the buffer. The bound holds however the bytes arrive: a longer line is
+/// refused whether it is already buffered whole or still arriving.
 async fn read_line<S: AsyncRead + Unpin>(conn: &mut Conn<S>) -> Result<Vec<u8>, ClientError> {
+    let too_long = || ClientError::BadResponse("chunk line too long");
     loop {
         if let Some(at) = conn.buf.windows(2).position(|w| w == b"\r\n") {
+            if at > CHUNK_LINE_BYTES_MAX {
+                return Err(too_long());
+            }
             let line = conn.buf[..at].to_vec();
             conn.buf.drain(..at + 2);
             return Ok(line);
         }
-        if conn.buf.len() > CHUNK_LINE_BYTES_MAX {
-            return Err(ClientError::BadResponse("chunk line too long"));
+        // No CRLF yet: the line is at least `len - 1` bytes (the last may be its CR).
+        if conn.buf.len() > CHUNK_LINE_BYTES_MAX + 1 {
+            return Err(too_long());
         }
         fill(conn, CHUNK_LINE_BYTES_MAX + 2).await?;
     }
@@ -1028,6 +1035,43 @@ mod tests {
         assert!(e.to_string().contains("size bound"), "{e}");
         assert!(e.was_sent());
         assert_eq!(client.idle_connections(), 0, "the connection is not reused");
+    }
+
+    #[tokio::test]
+    async fn chunk_lines_over_their_bound_are_refused_however_they_arrive() {
+        // Found by the `callback_response` fuzz target: a chunk-size line (or a trailer)
+        // longer than CHUNK_LINE_BYTES_MAX was refused when it arrived in pieces, but
+        // accepted when it was already in the buffer with the bytes after it.
+        let limits = ClientLimits {
+            response_head_bytes_max: 8_192,
+            ..limits()
+        };
+        let response = |line: &str, trailer: &str| {
+            format!(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                 {line}\r\nhello\r\n0\r\n{trailer}\r\n\r\n"
+            )
+            .into_bytes()
+        };
+        let size_line = |len: usize| format!("5;{}", "x".repeat(len - 2));
+        let trailer = |len: usize| format!("t: {}", "y".repeat(len - 3));
+        let at_bound = response(
+            &size_line(CHUNK_LINE_BYTES_MAX),
+            &trailer(CHUNK_LINE_BYTES_MAX),
+        );
+        let (r, _) = read_response_from(&at_bound[..], false, &limits)
+            .await
+            .expect("lines at the bound");
+        assert_eq!(&r.body[..], b"hello");
+        for over in [
+            response(&size_line(CHUNK_LINE_BYTES_MAX + 1), "t: y"),
+            response("5", &trailer(CHUNK_LINE_BYTES_MAX + 1)),
+        ] {
+            let e = read_response_from(&over[..], false, &limits)
+                .await
+                .expect_err("a line over the bound");
+            assert!(e.to_string().contains("chunk line too long"), "{e}");
+        }
     }
 
     #[tokio::test]

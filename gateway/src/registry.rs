@@ -61,12 +61,26 @@ impl Participant {
 
     /// (currency, is settlement) of an account id of this participant.
     pub fn account(&self, id: u64) -> Option<(String, bool)> {
-        let offset = id.checked_sub(self.seq * 1_000)?;
+        let offset = id.checked_sub(self.seq.checked_mul(1_000)?)?;
         if offset == 0 || offset > 2 * self.currencies.len() as u64 {
             return None;
         }
         let index = ((offset - 1) / 2) as usize;
         Some((self.currencies[index].clone(), offset % 2 == 0))
+    }
+}
+
+impl Participant {
+    /// Decodes a stored participant record (JSON). Refuses, like bytes that are not a
+    /// participant, a record whose account ids cannot be formed: `account_id` of its last
+    /// currency would overflow (only a damaged or foreign record has such a `seq`).
+    pub fn decode(bytes: &[u8]) -> Option<Participant> {
+        let p: Participant = serde_json::from_slice(bytes).ok()?;
+        let pairs = u64::try_from(p.currencies.len()).ok()?;
+        p.seq
+            .checked_mul(1_000)?
+            .checked_add(pairs.checked_mul(2)?)?;
+        Some(p)
     }
 }
 
@@ -89,9 +103,10 @@ impl Registry {
     /// Loads every participant, hub account and settlement model from the store.
     pub fn load(hub: &Hub) -> Result<Registry, RegistryError> {
         let mut participants = Vec::new();
-        for (_, value) in hub.registry_scan(KEY_PREFIX)? {
-            if let Ok(p) = serde_json::from_slice::<Participant>(&value) {
-                participants.push(p);
+        for (key, value) in hub.registry_scan(KEY_PREFIX)? {
+            match Participant::decode(&value) {
+                Some(p) => participants.push(p),
+                None => tracing::warn!(%key, "ignoring a participant record that does not decode"),
             }
         }
         let registry = Registry::with_participants(participants);
@@ -296,6 +311,30 @@ mod tests {
         for other in [7_000, 7_005, 6_999, 0, 8_001, u64::MAX] {
             assert_eq!(p.account(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn an_account_lookup_on_a_huge_seq_is_none_not_an_overflow() {
+        // Found with the `records` fuzz target: a stored record's `seq` is any u64, and
+        // `seq * 1_000` overflowed (a panic with overflow checks, a wrong id without).
+        let p = participant(u64::MAX / 1_000 + 1, &["USD"]);
+        for id in [0, 1, 7_002, u64::MAX] {
+            assert_eq!(p.account(id), None, "{id}");
+        }
+    }
+
+    #[test]
+    fn a_stored_record_whose_account_ids_overflow_does_not_decode() {
+        let record = |seq: u64| {
+            format!(
+                r#"{{"name":"dfsp1","seq":{seq},"created_ms":0,"is_active":true,"currencies":["USD","EUR"],"endpoints":{{}}}}"#
+            )
+        };
+        let last = (u64::MAX - 5) / 1_000;
+        let p = Participant::decode(record(last).as_bytes()).expect("ids fit");
+        assert_eq!(p.account_id(1, true), last * 1_000 + 4);
+        assert!(Participant::decode(record(last + 1).as_bytes()).is_none());
+        assert!(Participant::decode(b"not json").is_none());
     }
 
     #[test]

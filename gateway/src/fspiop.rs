@@ -635,12 +635,19 @@ pub fn error_information(map: &Map<String, Value>) -> Result<u16, ApiError> {
 /// arrive as JSON numbers (central-ledger takes `50000.0`), so to convert them exactly the
 /// gateway reads their text from the body itself. The body has already been parsed by
 /// `serde_json`, so the scan can trust its structure; it is one pass, no recursion, and
-/// holds one entry per number (bounded by the body size). A key given twice keeps its
-/// last number, as `serde_json` keeps the last value.
+/// holds one entry per number (bounded by the body size). Only numbers at most
+/// [`NUMBER_PATH_DEPTH_MAX`] levels deep are recorded (no admin field is nested that
+/// deep), so that a number costs at most that many path segments: a body of numbers
+/// nested a hundred levels deep would otherwise copy and compare a hundred-segment path
+/// per number. A key given twice keeps its last number, as `serde_json` keeps the last
+/// value.
 #[derive(Debug, Default)]
 pub struct NumberTexts {
     by_path: std::collections::BTreeMap<Vec<String>, String>,
 }
+
+/// The deepest path [`NumberTexts`] records a number at.
+pub const NUMBER_PATH_DEPTH_MAX: usize = 8;
 
 impl NumberTexts {
     pub fn scan(body: &[u8]) -> NumberTexts {
@@ -692,8 +699,10 @@ impl NumberTexts {
                     {
                         at += 1;
                     }
-                    let text = String::from_utf8_lossy(&body[start..=at]).into_owned();
-                    texts.by_path.insert(path(&stack), text);
+                    if stack.len() <= NUMBER_PATH_DEPTH_MAX {
+                        let text = String::from_utf8_lossy(&body[start..=at]).into_owned();
+                        texts.by_path.insert(path(&stack), text);
+                    }
                 }
                 _ => {}
             }
@@ -804,6 +813,42 @@ mod tests {
         assert_eq!(texts.get(&["esc\"aped"]), Some("3"));
         assert_eq!(texts.get(&["s"]), None, "a string is not a number");
         assert_eq!(texts.get(&["limit", "type"]), None);
+    }
+
+    #[test]
+    fn a_body_of_deeply_nested_numbers_is_scanned_in_linear_time() {
+        // Found with the `amount` fuzz target, whose runs slowed to a few hundred inputs a
+        // second on nested arrays: every number cloned and compared its whole path, so a
+        // 64 KB admin body (the request bound) of numbers 120 arrays deep (serde_json
+        // parses up to 128) took seconds of CPU to scan.
+        let depth = 120;
+        let count = (crate::limits::REQUEST_BODY_BYTES_MAX - 2 * depth - 40) / 2;
+        let numbers = vec!["1"; count].join(",");
+        let body = format!(
+            "{{\"amount\": 7.50, \"deep\": {}{numbers}{}}}",
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        assert!(body.len() <= crate::limits::REQUEST_BODY_BYTES_MAX);
+        assert!(parse_object(body.as_bytes()).is_ok(), "serde_json takes it");
+        let started = std::time::Instant::now();
+        let texts = NumberTexts::scan(body.as_bytes());
+        let took = started.elapsed();
+        assert_eq!(texts.get(&["amount"]), Some("7.50"));
+        let at_bound = ["deep"]
+            .into_iter()
+            .chain(std::iter::repeat_n("0", NUMBER_PATH_DEPTH_MAX - 1))
+            .collect::<Vec<_>>();
+        let shallow = format!("{{\"deep\": {}2{}}}", "[".repeat(7), "]".repeat(7));
+        assert_eq!(
+            NumberTexts::scan(shallow.as_bytes()).get(&at_bound),
+            Some("2")
+        );
+        assert!(
+            took < std::time::Duration::from_millis(500),
+            "scanning {} bytes took {took:?}",
+            body.len()
+        );
     }
 
     #[test]

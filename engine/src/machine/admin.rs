@@ -17,7 +17,7 @@ use crate::ids::{AccountKey, TransferId};
 /// `Ok` on success; `Err((code, message))` for an admin refusal.
 type AdminResult = Result<(), (ErrorCode, String)>;
 
-enum Change {
+pub(super) enum Change {
     Nothing,
     /// The change moves headroom by `delta`; when negative it waits for a recall round.
     Headroom(Money, Decrease),
@@ -316,7 +316,7 @@ impl PartitionState {
     /// Runs an admin change at the account's home. Increases apply at once; a decrease
     /// first gathers all headroom (a recall round) so that no slice can spend headroom the
     /// new limit no longer has.
-    fn admin_change(
+    pub(super) fn admin_change(
         &mut self,
         request_id: u64,
         account: AccountKey,

@@ -48,8 +48,8 @@
 //! `Σ liquidity + Σ settlement + Σ reconciliation == 0`. A settled settlement leaves
 //! `multilateral` and `settlement` where they were before it: its nets sum to zero.
 
-use super::account::{Bank, BankMode, Decrease, HomeRequest, Money};
-use super::admin::admin_done;
+use super::account::{Bank, Decrease, Money};
+use super::admin::{admin_done, Change};
 use super::{checked_add, checked_sub, Output, PartitionState};
 use crate::command::ErrorCode;
 use crate::ids::{AccountKey, Currency};
@@ -331,20 +331,17 @@ impl PartitionState {
             return;
         }
         let result: StepResult = match (step, seen) {
-            (SettleStep::Reserve, None) if net < 0 && bank.mode != BankMode::Centralised => {
-                // Lowers headroom: gather it first, like any decrease.
-                let recalling = matches!(bank.mode, BankMode::Recalling { .. });
-                bank.queue.push_back(HomeRequest::Decrease {
-                    request_id,
-                    change: Decrease::SettleReserve { settlement, net },
-                });
-                if !recalling {
-                    self.start_recall(account, out);
-                }
-                return;
-            }
             (SettleStep::Reserve, None) if net < 0 => {
-                apply_reserve(&mut self.settlement, bank, account, settlement, net)
+                // Lowers headroom: a decrease like any other, applied at once when the
+                // account is centralised, else after a recall round (`apply_reserve`).
+                let lowered = Money::from(net);
+                self.admin_change(request_id, account, out, |_| {
+                    Ok(Change::Headroom(
+                        lowered,
+                        Decrease::SettleReserve { settlement, net },
+                    ))
+                });
+                return;
             }
             (SettleStep::Reserve, None) => {
                 self.settlement

@@ -131,7 +131,7 @@ pub struct Reject {
 pub enum Admin {
     /// Registers an account (participant + currency). Sent to every partition.
     CreateAccount { account: AccountKey },
-    /// Participant-wide activation switch. Sent to every partition.
+    /// Participant-wide activation switch. Sent to every partition; each answers.
     SetActive { fsp: FspId, active: bool },
     /// One currency account's activation switch (central-ledger's
     /// `PUT /participants/{name}/accounts/{id}`). Sent to every partition; each answers.

@@ -123,9 +123,7 @@ impl PartitionState {
             }
             Admin::SetActive { fsp, active } => {
                 self.participants.entry(fsp).or_default().active = active;
-                if self.partition == 0 {
-                    out.events.push(admin_done(request_id, Ok(())));
-                }
+                out.events.push(admin_done(request_id, Ok(())));
             }
             Admin::SetAccountActive { account, active } => {
                 if active {

@@ -576,13 +576,6 @@ impl Hub {
 
     /// Runs an admin command where it belongs and waits for its result.
     pub async fn admin(&self, now_ms: TimestampMs, admin: Admin) -> Result<(), EngineError> {
-        if let Admin::CloseWindow { .. } | Admin::SetAccountActive { .. } = admin {
-            // Every partition answers for itself: the close is done once all have it.
-            for p in 0..self.shared.partitions {
-                self.admin_on(&[p], now_ms, admin.clone()).await?;
-            }
-            return Ok(());
-        }
         let partitions = self.shared.partitions;
         let targets: Vec<u32> = match &admin {
             // The home first: a partition that knows the account while its home does not
@@ -596,9 +589,16 @@ impl Hub {
                     .chain((0..partitions).filter(|p| *p != home))
                     .collect()
             }
+            // Participant-wide switches and window closes: every partition answers for
+            // itself, so the request is done once each has it durably.
             Admin::SetActive { .. }
             | Admin::CloseWindow { .. }
-            | Admin::SetAccountActive { .. } => (0..partitions).collect(),
+            | Admin::SetAccountActive { .. } => {
+                for p in 0..partitions {
+                    self.admin_on(&[p], now_ms, admin.clone()).await?;
+                }
+                return Ok(());
+            }
             Admin::InitialPositionAndLimits { account, .. }
             | Admin::SetNdc { account, .. }
             | Admin::FundsIn { account, .. }

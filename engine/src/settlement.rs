@@ -221,13 +221,6 @@ pub struct Book {
 }
 
 impl Book {
-    /// A new book: window 1 open.
-    pub fn new(now_ms: i64) -> Book {
-        let mut book = Book::default();
-        book.open_window(1, now_ms);
-        book
-    }
-
     fn open_window(&mut self, id: WindowId, now_ms: i64) {
         self.windows.insert(
             id,
@@ -244,15 +237,15 @@ impl Book {
         );
     }
 
-    /// The open window (there is always exactly one).
-    pub fn open(&self) -> &WindowRecord {
-        let open: Vec<&WindowRecord> = self
-            .windows
-            .values()
-            .filter(|w| w.state == WindowState::Open)
-            .collect();
-        assert_eq!(open.len(), 1, "exactly one settlement window is open");
-        open[0]
+    /// Opens the window after the newest when none is open (a new book, or a crash
+    /// between storing a closed window and its successor); returns it to store.
+    pub fn ensure_open(&mut self, now_ms: i64) -> Option<WindowRecord> {
+        if self.windows.values().any(|w| w.state == WindowState::Open) {
+            return None;
+        }
+        let id = self.windows.keys().next_back().map_or(1, |last| last + 1);
+        self.open_window(id, now_ms);
+        Some(self.windows[&id].clone())
     }
 
     pub fn window(&self, id: WindowId) -> Result<&WindowRecord, EngineError> {

@@ -14,9 +14,7 @@
 use super::*;
 use crate::codec::{decode_record, encode_record, RecordKind};
 use crate::command::Admin;
-use crate::settlement::{
-    step_into, AccountUpdate, Book, SettlementRecord, WindowRecord, WindowState,
-};
+use crate::settlement::{step_into, AccountUpdate, Book, SettlementRecord, WindowRecord};
 
 const WINDOW_KEY_PREFIX: &str = "settlement/window/";
 const SETTLEMENT_KEY_PREFIX: &str = "settlement/settlement/";
@@ -217,14 +215,9 @@ impl Hub {
             book.settlements.insert(record.id, record);
         }
         // Exactly one window is open. A crash between storing a closed window and its
-        // successor leaves none: open the successor now.
-        if !book.windows.values().any(|w| w.state == WindowState::Open) {
-            let next = book.windows.keys().next_back().map_or(1, |last| last + 1);
-            let fresh = Book::new(now_ms);
-            let mut window = fresh.windows[&1].clone();
-            window.id = next;
-            self.put_records(&[], &[&window]).await?;
-            book.windows.insert(next, window);
+        // successor leaves none (and a new hub has none yet): open it now.
+        if let Some(opened) = book.ensure_open(now_ms) {
+            self.put_records(&[], &[&opened]).await?;
         }
         Ok(book)
     }

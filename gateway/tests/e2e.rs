@@ -1042,11 +1042,7 @@ async fn protocol_details_admin_extras_and_operator_endpoints() {
             Value::Null,
         )
         .await;
-    let settlement = accounts
-        .as_array()
-        .and_then(|a| a.iter().find(|x| x["ledgerAccountType"] == "SETTLEMENT"))
-        .map(|x| x["id"].to_string())
-        .expect("settlement account");
+    let settlement = settlement_of(&accounts)["id"].to_string();
     let funds_out = "9f100000-0000-4000-8000-000000000001";
     let (st, v) = w
         .http

@@ -691,11 +691,7 @@ async fn the_admin_api_needs_a_token_json_and_its_own_host_name() {
             "",
         )
         .await;
-    let settlement = accounts
-        .as_array()
-        .and_then(|a| a.iter().find(|x| x["ledgerAccountType"] == "SETTLEMENT"))
-        .cloned()
-        .expect("settlement account");
+    let settlement = settlement_of(&accounts);
     let funds = json!({"transferId": "9f000000-0000-4000-8000-00000000aaaa",
         "externalReference": "impostor", "action": "recordFundsIn", "reason": "impostor",
         "amount": {"amount": "1000000", "currency": "USD"}})
@@ -713,11 +709,7 @@ async fn the_admin_api_needs_a_token_json_and_its_own_host_name() {
             "",
         )
         .await;
-    let after = after
-        .as_array()
-        .and_then(|a| a.iter().find(|x| x["ledgerAccountType"] == "SETTLEMENT"))
-        .cloned()
-        .expect("settlement account");
+    let after = settlement_of(&after);
     assert_eq!(after["value"], settlement["value"], "no funds recorded");
     hub.kill();
 }

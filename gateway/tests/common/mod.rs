@@ -342,7 +342,15 @@ pub fn fulfil_body(n: u64, state: &str) -> Value {
 
 static FUNDS_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-/// Provisions a DFSP in USD with its endpoints on the fake DFSP server.
+/// The SETTLEMENT account in a `GET /participants/{name}/accounts` answer.
+pub fn settlement_of(accounts: &Value) -> Value {
+    accounts
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["ledgerAccountType"] == "SETTLEMENT"))
+        .cloned()
+        .expect("settlement account")
+}
+
 /// The participant's USD SETTLEMENT account as the admin API lists it.
 pub async fn settlement_account(http: &Http, admin: &str, name: &str) -> Value {
     let (_, accounts) = http
@@ -352,13 +360,10 @@ pub async fn settlement_account(http: &Http, admin: &str, name: &str) -> Value {
             Value::Null,
         )
         .await;
-    accounts
-        .as_array()
-        .and_then(|a| a.iter().find(|x| x["ledgerAccountType"] == "SETTLEMENT"))
-        .cloned()
-        .expect("settlement account")
+    settlement_of(&accounts)
 }
 
+/// Provisions a DFSP in USD with its endpoints on the fake DFSP server.
 pub async fn provision(
     http: &Http,
     admin: &str,

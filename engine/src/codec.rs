@@ -93,10 +93,12 @@ pub enum RecordKind {
     SettlementWindow,
     /// One settlement of the hub's settlement book (`settlement::SettlementRecord`).
     Settlement,
+    /// Entries of the position ledger of one account and minute (`storage::ledger`).
+    LedgerChunk,
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 7] = [
+    pub const ALL: [RecordKind; 8] = [
         RecordKind::WalBatch,
         RecordKind::Snapshot,
         RecordKind::PartitionState,
@@ -104,6 +106,7 @@ impl RecordKind {
         RecordKind::ArchiveRunMeta,
         RecordKind::SettlementWindow,
         RecordKind::Settlement,
+        RecordKind::LedgerChunk,
     ];
 
     /// The kind's byte in the envelope. Fixed forever: a retired kind's tag stays unused.
@@ -116,6 +119,7 @@ impl RecordKind {
             RecordKind::ArchiveRunMeta => 5,
             RecordKind::SettlementWindow => 6,
             RecordKind::Settlement => 7,
+            RecordKind::LedgerChunk => 8,
         }
     }
 
@@ -124,14 +128,16 @@ impl RecordKind {
     pub const fn version(self) -> u8 {
         match self {
             RecordKind::WalBatch => 1,
-            RecordKind::Snapshot => 1,
+            // 2: the position ledger's entries not yet written appended.
+            RecordKind::Snapshot => 2,
             // 2: the settlement book (machine::settlement) and the inactive accounts
-            // appended.
-            RecordKind::PartitionState => 2,
+            // appended. 3: the clock of the position ledger appended.
+            RecordKind::PartitionState => 3,
             RecordKind::ArchiveRecord => 1,
             RecordKind::ArchiveRunMeta => 1,
             RecordKind::SettlementWindow => 1,
             RecordKind::Settlement => 1,
+            RecordKind::LedgerChunk => 1,
         }
     }
 
@@ -149,6 +155,7 @@ impl RecordKind {
             RecordKind::ArchiveRunMeta => "archive run meta",
             RecordKind::SettlementWindow => "settlement window",
             RecordKind::Settlement => "settlement",
+            RecordKind::LedgerChunk => "ledger chunk",
         }
     }
 }
@@ -381,7 +388,7 @@ mod tests {
         let mut garbled = bytes;
         garbled[3] = 0xC3; // `true` where a u8 belongs
         let err = decode_record::<u8>(RecordKind::Snapshot, &garbled).expect_err("garbled");
-        assert!(matches!(err, CodecError::Body { version: 1, .. }), "{err}");
+        assert!(matches!(err, CodecError::Body { version: 2, .. }), "{err}");
         let zero = decode_record::<u8>(RecordKind::Snapshot, &[0xC1, 2, 0, 1]).expect_err("v0");
         assert!(
             matches!(zero, CodecError::UnknownVersion { found: 0, .. }),

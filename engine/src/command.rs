@@ -258,6 +258,18 @@ impl Command {
         }
     }
 
+    /// The hub time the command carries, if it carries one (peer messages do not).
+    pub fn now_ms(&self) -> Option<TimestampMs> {
+        match self {
+            Command::Prepare { now_ms, .. }
+            | Command::Fulfil { now_ms, .. }
+            | Command::Reject { now_ms, .. }
+            | Command::Tick { now_ms }
+            | Command::Admin { now_ms, .. } => Some(*now_ms),
+            Command::Peer { .. } => None,
+        }
+    }
+
     /// Bytes of the opaque payload the command carries (what dominates its size).
     pub fn payload_bytes(&self) -> usize {
         match self {

@@ -6,6 +6,7 @@ pub mod codec;
 pub mod command;
 pub mod filter;
 pub mod ids;
+pub mod ledger;
 pub mod limits;
 pub mod machine;
 pub mod money;

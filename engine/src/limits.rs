@@ -22,6 +22,9 @@ pub struct Limits {
     pub payload_bytes_max: usize,
     /// Finished transfers stay queryable and deduplicated for this long.
     pub retention_ms: i64,
+    /// Entries of the position ledger (`crate::ledger`) are kept at least this long
+    /// (whole minutes are dropped once wholly older).
+    pub ledger_retention_ms: i64,
     /// A distributed slice gives its free headroom back after this long without use.
     pub idle_return_ms: i64,
     /// The home leaves centralised mode once the bank holds this share (percent) of the limit.
@@ -71,6 +74,7 @@ pub const DEFAULT: Limits = Limits {
     parked_prepares_max: 4_096,
     payload_bytes_max: 64 * 1024,
     retention_ms: 24 * 3_600 * 1_000,
+    ledger_retention_ms: LEDGER_RETENTION_MS_DEFAULT,
     idle_return_ms: 5_000,
     centralise_exit_pct: 20,
     tick_interval_ms: 100,
@@ -87,6 +91,21 @@ pub const DEFAULT: Limits = Limits {
 
 // ----- fixed bounds of the runtime -----------------------------------------------------
 // Bounds that are not worth configuring, in one place with the rest.
+
+/// What the position ledger keeps by default: 90 days, a quarter's audits.
+pub const LEDGER_RETENTION_MS_DEFAULT: i64 = 90 * 24 * 3_600 * 1_000;
+/// The position ledger groups an account's entries per this span of hub time on disk:
+/// the unit of its range reads and of its retention.
+pub const LEDGER_BUCKET_MS: u64 = 60_000;
+/// Entries in one stored chunk of the position ledger, at most; with an entry's encoded
+/// size well under 200 bytes a chunk stays under `CHUNK_BYTES_MAX` (a test checks).
+pub const LEDGER_CHUNK_ENTRIES_MAX: usize = 256;
+/// A query of the position ledger answers at most this many entries (the answer says
+/// when it was cut, and from when to go on).
+pub const LEDGER_QUERY_ENTRIES_MAX: usize = 10_000;
+
+/// The compactor drops position ledger entries past retention this often.
+pub const LEDGER_PRUNE_INTERVAL_MS: u64 = 60_000;
 
 /// Bound on archiver backlog, in batches of finished transfers.
 pub const ARCHIVE_QUEUE_BATCHES_MAX: usize = 1_024;

@@ -104,6 +104,25 @@ impl Storage for GatedStore {
     fn archive_stats(&self) -> ArchiveStats {
         self.inner.archive_stats()
     }
+    fn ledger_add(&self, entries: &[engine::ledger::Entry]) -> Result<(), EngineError> {
+        self.inner.ledger_add(entries)
+    }
+    fn ledger_range(
+        &self,
+        account: &engine::ids::AccountKey,
+        from_ms: i64,
+        to_ms: i64,
+        entries_max: usize,
+    ) -> Result<Vec<engine::ledger::Entry>, EngineError> {
+        self.inner
+            .ledger_range(account, from_ms, to_ms, entries_max)
+    }
+    fn prune_ledger(&self, before_ms: i64) -> Result<u64, EngineError> {
+        self.inner.prune_ledger(before_ms)
+    }
+    fn ledger_stats(&self) -> engine::storage::LedgerStats {
+        self.inner.ledger_stats()
+    }
     fn registry_put(&self, key: &str, value: &[u8]) -> Result<(), EngineError> {
         self.inner.registry_put(key, value)
     }

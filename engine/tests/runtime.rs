@@ -577,6 +577,7 @@ async fn a_decodable_but_inconsistent_snapshot_stops_only_its_partition() {
                     unarchived: Vec::new(),
                     outbox: Vec::new(),
                     next_event_seq: 0,
+                    unledgered: Vec::new(),
                 },
             )
             .expect("snapshot");

@@ -176,11 +176,13 @@ fn default_config() -> Config {
         Ok("skip-limit-check") => Fault::SkipLimitCheck,
         Ok("double-apply-grant") => Fault::DoubleApplyGrant,
         Ok("count-commit-twice") => Fault::CountCommitTwice,
+        Ok("ledger-drops-credit") => Fault::LedgerDropsCredit,
         Ok("confirm-at-stage" | "recovery-drops-outbox" | "ignore-sync-error" | "lying-sync") => {
             Fault::None
         }
         Ok(other) => panic!(
-            "SIM_FAULT={other}: use skip-limit-check, double-apply-grant, count-commit-twice, confirm-at-stage, \
+            "SIM_FAULT={other}: use skip-limit-check, double-apply-grant, count-commit-twice, \
+             ledger-drops-credit, confirm-at-stage, \
              recovery-drops-outbox, ignore-sync-error or lying-sync"
         ),
     };
@@ -296,12 +298,21 @@ impl Part {
     }
 }
 
+/// What the archiver of a node is given for one released batch: (partition, batch,
+/// finished transfers, position ledger entries).
+type ArchiveJob = (
+    usize,
+    u64,
+    Vec<FinishedTransfer>,
+    Arc<Vec<engine::ledger::Entry>>,
+);
+
 /// A simulated node: one disk, several partitions, one syncer, one archiver.
 struct Node {
     disk: Arc<SimDisk>,
     parts: Vec<usize>,
     /// Finished transfers released and not yet archived: (partition, batch, records).
-    archive_queue: Vec<(usize, u64, Vec<FinishedTransfer>)>,
+    archive_queue: Vec<ArchiveJob>,
 }
 
 /// A released peer message on its way to its destination's log.
@@ -634,6 +645,7 @@ impl fmt::Display for Failure {
             Fault::SkipLimitCheck => "SIM_FAULT=skip-limit-check ",
             Fault::DoubleApplyGrant => "SIM_FAULT=double-apply-grant ",
             Fault::CountCommitTwice => "SIM_FAULT=count-commit-twice ",
+            Fault::LedgerDropsCredit => "SIM_FAULT=ledger-drops-credit ",
             Fault::None if self.config.lying_disk => "SIM_FAULT=lying-sync ",
             Fault::None => match self.config.core_fault {
                 CoreFault::ConfirmAtStage => "SIM_FAULT=confirm-at-stage ",
@@ -1475,11 +1487,14 @@ impl Sim {
                 ready_at_step,
             });
         }
-        if !released.finished.is_empty() {
+        if !released.finished.is_empty() || !released.ledger.is_empty() {
             let node = self.parts[p].node;
-            self.nodes[node]
-                .archive_queue
-                .push((p, released.batch_seq, released.finished));
+            self.nodes[node].archive_queue.push((
+                p,
+                released.batch_seq,
+                released.finished,
+                released.ledger,
+            ));
         }
         for event in &released.admin_done {
             self.observe(event)?;
@@ -1496,8 +1511,10 @@ impl Sim {
         let jobs = std::mem::take(&mut self.nodes[node].archive_queue);
         let disk = self.nodes[node].disk.clone();
         let mut written = Ok(());
-        for (_, _, records) in &jobs {
-            written = written.and_then(|()| disk.archive(records));
+        for (_, _, records, ledger) in &jobs {
+            written = written
+                .and_then(|()| disk.archive(records))
+                .and_then(|()| disk.ledger_add(ledger));
         }
         if let Err(e) = written.and_then(|()| disk.sync_archive()) {
             self.stats.storage_stops += 1;
@@ -1506,7 +1523,7 @@ impl Sim {
             }
             return self.restart(node, false);
         }
-        for (p, batch_seq, _) in jobs {
+        for (p, batch_seq, _, _) in jobs {
             self.parts[p].core.trim_finished_cache(batch_seq);
         }
         Ok(())
@@ -2248,7 +2265,55 @@ impl Sim {
             }
             part.state().audit();
         }
-        self.check_ledgers()
+        self.check_ledgers()?;
+        self.check_position_ledger()
+    }
+
+    /// The position ledger accounts for every balance: for every account, the entries on
+    /// the disks and in the partitions' memory (released, not yet written) sum to its
+    /// position, reserved amount and cover. Crashes in between must have lost and
+    /// duplicated nothing (a repeat of an entry's id counts once, as readers count it).
+    fn check_position_ledger(&self) -> Result<(), String> {
+        for account in &self.accounts {
+            if !self.created(account) {
+                continue;
+            }
+            let mut entries = Vec::new();
+            for node in &self.nodes {
+                entries.extend(
+                    node.disk
+                        .ledger_range(account, i64::MIN, i64::MAX, usize::MAX - 1)
+                        .map_err(|e| format!("reading the position ledger: {e}"))?,
+                );
+            }
+            for part in &self.parts {
+                entries.extend(part.core.unwritten_ledger(account, i64::MIN, i64::MAX));
+            }
+            engine::ledger::sort_dedup(&mut entries);
+            let sums = engine::ledger::Totals::of(&entries);
+            let t = self.totals(account)?;
+            let home = self.home(account) as usize;
+            let cover = self.parts[home]
+                .state()
+                .accounts
+                .get(account)
+                .and_then(|entry| entry.bank.as_ref())
+                .map_or(0, |bank| bank.cover());
+            if (sums.position, sums.reserved, sums.cover) != (t.position, t.reserved, cover) {
+                return Err(format!(
+                    "the position ledger of {account:?} ({} entries) sums to position {}, \
+                     reserved {}, cover {}; the account has {}, {}, {}",
+                    sums.entries,
+                    sums.position,
+                    sums.reserved,
+                    sums.cover,
+                    t.position,
+                    t.reserved,
+                    cover
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Drains, lets every open transfer expire, drains again, and audits the end state
@@ -2551,6 +2616,14 @@ fn grant_applied_twice_is_caught() {
 fn commit_counted_in_two_windows_is_caught() {
     assert_fault_is_caught(|config| Config {
         fault: Fault::CountCommitTwice,
+        ..config
+    });
+}
+
+#[test]
+fn a_commit_missing_from_the_position_ledger_is_caught() {
+    assert_fault_is_caught(|config| Config {
+        fault: Fault::LedgerDropsCredit,
         ..config
     });
 }

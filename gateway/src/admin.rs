@@ -71,6 +71,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/participants/{name}/positions",
             web::get().to(get_positions),
         )
+        .route(
+            "/participants/{name}/ledger",
+            web::get().to(crate::ledger::get),
+        )
         .route("/partitions", web::get().to(partitions))
         .route("/alarms", web::get().to(crate::alarm::list))
         .route("/health/live", web::get().to(live))
@@ -124,7 +128,7 @@ pub(crate) fn account_of(p: &Participant, currency: &str) -> Result<AccountKey, 
 }
 
 /// A money value as central-ledger shows it: a JSON number.
-fn money_value(minor: i128, currency: Currency) -> Value {
+pub(crate) fn money_value(minor: i128, currency: Currency) -> Value {
     let minor = i64::try_from(minor).unwrap_or(if minor < 0 { i64::MIN } else { i64::MAX });
     serde_json::from_str(&format_amount(minor, currency)).unwrap_or(Value::Null)
 }

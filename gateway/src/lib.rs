@@ -12,6 +12,7 @@ pub mod client;
 pub mod engine_errors;
 pub mod fspiop;
 pub mod identity;
+pub mod ledger;
 pub mod limits;
 pub mod metrics;
 pub mod notifier;

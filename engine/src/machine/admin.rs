@@ -147,8 +147,20 @@ impl PartitionState {
     }
 
     /// An account's admin change whose turn has come (see `home_admin`), evaluated against
-    /// the bank as it is now.
+    /// the bank as it is now; what it moves of the account's balances goes into the
+    /// position ledger.
     pub(super) fn admin_now(&mut self, request_id: u64, admin: Admin, out: &mut Output) {
+        let entry = admin_account(&admin).and_then(|account| {
+            let (kind, cause) = super::ledger::admin_entry(&admin, request_id)?;
+            Some((account, self.home_balances(&account)?, kind, cause))
+        });
+        self.admin_apply(request_id, admin, out);
+        if let Some((account, before, kind, cause)) = entry {
+            self.ledger_home(account, before, kind, cause, out);
+        }
+    }
+
+    fn admin_apply(&mut self, request_id: u64, admin: Admin, out: &mut Output) {
         match admin {
             Admin::CreateAccount { .. }
             | Admin::SetActive { .. }

@@ -442,7 +442,12 @@ impl PartitionState {
                 }
             }
             HomeRequest::Decrease { request_id, change } => {
+                let entry = super::ledger::decrease_entry(&change, request_id);
+                let before = self.home_balances(&account);
                 let result = self.apply_decrease(account, change);
+                if let (Some((kind, cause)), Some(before)) = (entry, before) {
+                    self.ledger_home(account, before, kind, cause, out);
+                }
                 out.events.push(admin_done(request_id, result));
             }
             // Its turn has come: evaluated now, and it may itself wait for a round.

@@ -21,6 +21,7 @@
 pub mod account;
 mod admin;
 mod headroom;
+mod ledger;
 pub mod settlement;
 mod snapshot;
 mod transfers;
@@ -82,6 +83,8 @@ pub enum Fault {
     DoubleApplyGrant,
     /// A commit is counted in the open settlement window and in the one before.
     CountCommitTwice,
+    /// A commit writes no ledger entry for the payee's credit.
+    LedgerDropsCredit,
 }
 
 /// Everything one batch produced. Released only after the batch is durable.
@@ -93,6 +96,8 @@ pub struct Output {
     pub denials: Vec<Denial>,
     /// Every reservation made, for the simulation's limit check.
     pub reservations: Vec<(AccountKey, i64)>,
+    /// The position ledger's entries of the batch (`crate::ledger`), in order.
+    pub ledger: Vec<crate::ledger::Entry>,
 }
 
 /// Per-sender duplicate filter for peer messages: everything at or below `watermark` and
@@ -129,6 +134,9 @@ pub struct PartitionState {
     /// Currency accounts switched off (`Admin::SetAccountActive`): their transfers are
     /// refused, as an inactive participant's are.
     pub inactive_accounts: BTreeSet<AccountKey>,
+    /// The newest hub time of a command applied: the time of ledger entries made by
+    /// commands without one (peer messages).
+    pub clock_ms: TimestampMs,
     limits: Limits,
     // Scratch for the batch in progress; empty between batches.
     finished_in_batch: HashMap<TransferId, FinishedTransfer>,
@@ -157,6 +165,7 @@ impl PartitionState {
             outbound_seq: vec![0; partitions as usize],
             settlement: settlement::SettlementBook::default(),
             inactive_accounts: BTreeSet::new(),
+            clock_ms: 0,
             limits,
             finished_in_batch: HashMap::new(),
             self_queue: VecDeque::new(),
@@ -191,6 +200,9 @@ impl PartitionState {
 
     fn apply_one(&mut self, input: Input, out: &mut Output) {
         let Input { command, prior } = input;
+        if let Some(now_ms) = command.now_ms() {
+            self.clock_ms = self.clock_ms.max(now_ms);
+        }
         match command {
             Command::Prepare { now_ms, prepare } => self.prepare(now_ms, prepare, prior, out),
             Command::Fulfil { now_ms, fulfil } => self.fulfil(now_ms, fulfil, prior, out),

@@ -28,6 +28,43 @@ struct Snapshot {
     outbound_seq: Vec<u64>,
     settlement: SettlementBook,
     inactive_accounts: Vec<AccountKey>,
+    clock_ms: i64,
+}
+
+/// Format version 2 of the partition state, from before the position ledger's clock:
+/// read and converted (the clock at 0 until the next command sets it), never written.
+#[derive(Deserialize)]
+struct SnapshotV2 {
+    version: u32,
+    partition: u32,
+    partitions: u32,
+    batch_seq: u64,
+    participants: Vec<(FspId, ParticipantFlags)>,
+    accounts: Vec<(AccountKey, AccountEntry)>,
+    transfers: Vec<(TransferId, OpenTransfer)>,
+    inbound: Vec<(u32, Inbound)>,
+    outbound_seq: Vec<u64>,
+    settlement: SettlementBook,
+    inactive_accounts: Vec<AccountKey>,
+}
+
+impl SnapshotV2 {
+    fn upgrade(self) -> Snapshot {
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            partition: self.partition,
+            partitions: self.partitions,
+            batch_seq: self.batch_seq,
+            participants: self.participants,
+            accounts: self.accounts,
+            transfers: self.transfers,
+            inbound: self.inbound,
+            outbound_seq: self.outbound_seq,
+            settlement: self.settlement,
+            inactive_accounts: self.inactive_accounts,
+            clock_ms: 0,
+        }
+    }
 }
 
 /// Format version 1 of the partition state, from before settlement: read and converted
@@ -59,13 +96,14 @@ impl SnapshotV1 {
             outbound_seq: self.outbound_seq,
             settlement: SettlementBook::default(),
             inactive_accounts: Vec::new(),
+            clock_ms: 0,
         }
     }
 }
 
 /// The body's own version field, the same as the envelope's (redundant, see
 /// `engine::codec`).
-const SNAPSHOT_VERSION: u32 = 2;
+const SNAPSHOT_VERSION: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 #[error("snapshot of partition state cannot be decoded: {0}")]
@@ -96,6 +134,7 @@ impl PartitionState {
             outbound_seq: self.outbound_seq.clone(),
             settlement: self.settlement.clone(),
             inactive_accounts: self.inactive_accounts.iter().copied().collect(),
+            clock_ms: self.clock_ms,
         };
         crate::codec::encode_record(crate::codec::RecordKind::PartitionState, &snapshot)
             .expect("in-memory state serialises")
@@ -112,6 +151,16 @@ impl PartitionState {
                 if old.version != 1 {
                     return Err(SnapshotError(format!(
                         "format 1 snapshot says version {}",
+                        old.version
+                    )));
+                }
+                old.upgrade()
+            }
+            2 => {
+                let old: SnapshotV2 = decode_body(kind, version, body).map_err(error)?;
+                if old.version != 2 {
+                    return Err(SnapshotError(format!(
+                        "format 2 snapshot says version {}",
                         old.version
                     )));
                 }
@@ -147,6 +196,7 @@ impl PartitionState {
         state.outbound_seq = snapshot.outbound_seq;
         state.settlement = snapshot.settlement;
         state.inactive_accounts = snapshot.inactive_accounts.into_iter().collect();
+        state.clock_ms = snapshot.clock_ms;
         // Bytes can decode and still hold a broken ledger: refuse them with the reason.
         state
             .check()

@@ -16,6 +16,7 @@ use crate::command::{
     TransferState,
 };
 use crate::ids::{AccountKey, FspId, TransferId};
+use crate::ledger::{Cause, EntryKind};
 use sha2::{Digest, Sha256};
 
 impl PartitionState {
@@ -157,6 +158,14 @@ impl PartitionState {
         slice.reserved = checked_add(slice.reserved, amount);
         slice.last_used_ms = now_ms;
         slice.recent_demand = checked_add(slice.recent_demand, amount);
+        self.ledger_slice(
+            payer,
+            EntryKind::Reserve,
+            Cause::Transfer(prepare.transfer_id),
+            0,
+            prepare.amount,
+            out,
+        );
         let open = self
             .transfers
             .get_mut(&prepare.transfer_id)
@@ -220,11 +229,23 @@ impl PartitionState {
             assert!(slice.reserved >= 0, "payer reserved went negative");
             slice.position = checked_add(slice.position, amount);
         }
+        let cause = Cause::Transfer(transfer_id);
+        self.ledger_slice(
+            payer,
+            EntryKind::Commit,
+            cause,
+            parties.amount,
+            -parties.amount,
+            out,
+        );
         {
             // The payee's credit raises its headroom on this very partition.
             let slice = &mut self.accounts.get_mut(&payee).expect("payee account").slice;
             slice.position = checked_sub(slice.position, amount);
             slice.headroom = checked_add(slice.headroom, amount);
+        }
+        if self.fault != Fault::LedgerDropsCredit {
+            self.ledger_slice(payee, EntryKind::Credit, cause, -parties.amount, 0, out);
         }
         let count_twice = self.fault == Fault::CountCommitTwice;
         self.settlement
@@ -375,6 +396,14 @@ impl PartitionState {
             assert!(slice.reserved >= 0, "payer reserved went negative");
             slice.headroom = checked_add(slice.headroom, amount);
         }
+        self.ledger_slice(
+            payer,
+            EntryKind::Release,
+            Cause::Transfer(transfer_id),
+            0,
+            -parties.amount,
+            out,
+        );
         self.close(transfer_id, open.expiration_ms);
         let record = FinishedTransfer {
             parties,

@@ -44,6 +44,10 @@ pub(super) enum Answer {
     Account(oneshot::Sender<Option<SliceFigures>>, Option<SliceFigures>),
     WindowNets(oneshot::Sender<Option<WindowNets>>, Option<WindowNets>),
     HubBalances(oneshot::Sender<HubFigures>, HubFigures),
+    Ledger(
+        oneshot::Sender<Vec<crate::ledger::Entry>>,
+        Vec<crate::ledger::Entry>,
+    ),
 }
 
 impl Answer {
@@ -60,6 +64,9 @@ impl Answer {
             }
             Answer::Account(reply, figures) => {
                 let _ = reply.send(figures);
+            }
+            Answer::Ledger(reply, entries) => {
+                let _ = reply.send(entries);
             }
         }
     }
@@ -324,6 +331,12 @@ impl Running {
             Query::HubBalances { reply } => {
                 Answer::HubBalances(reply, state.settlement.hub.clone())
             }
+            Query::Ledger {
+                account,
+                from_ms,
+                to_ms,
+                reply,
+            } => Answer::Ledger(reply, self.core.unwritten_ledger(&account, from_ms, to_ms)),
         }
     }
 
@@ -460,11 +473,12 @@ impl Running {
         for message in released.messages {
             self.deliver(message)?;
         }
-        if !released.finished.is_empty() {
+        if !released.finished.is_empty() || !released.ledger.is_empty() {
             let job = ArchiveJob {
                 partition: self.partition,
                 batch_seq: released.batch_seq,
                 records: released.finished,
+                ledger: released.ledger,
             };
             // A full archiver queue slows this partition down instead of growing memory.
             self.shared

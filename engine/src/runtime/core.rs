@@ -117,6 +117,8 @@ pub struct Released {
     pub messages: Vec<Outgoing>,
     /// Finished transfers for the archiver (kept in the core's cache until archived).
     pub finished: Vec<FinishedTransfer>,
+    /// Position ledger entries for the archiver (kept by the core until written).
+    pub ledger: Arc<Vec<crate::ledger::Entry>>,
     /// `Event::AdminDone` results, for the operators waiting on them (not in the outbox).
     pub admin_done: Vec<Event>,
     /// Events pushed into the outbox: their sequence numbers.
@@ -137,6 +139,9 @@ pub struct Core {
     /// Finished transfers not yet known to be archived, for duplicate checks and GET.
     finished_cache: HashMap<TransferId, FinishedTransfer>,
     finished_order: VecDeque<(u64, Vec<TransferId>)>,
+    /// Released position ledger entries not yet known to be written, by batch: readers
+    /// see them here until the store has them, and snapshots record them.
+    ledger_unwritten: VecDeque<(u64, Arc<Vec<crate::ledger::Entry>>)>,
     /// Batches staged and not yet released, oldest first.
     staged: VecDeque<StagedBatch>,
     last_snapshot_batch: u64,
@@ -165,6 +170,7 @@ impl Core {
             outbox,
             finished_cache: HashMap::new(),
             finished_order: VecDeque::new(),
+            ledger_unwritten: VecDeque::new(),
             staged: VecDeque::new(),
             last_snapshot_batch,
             snapshot_every_batches: limits.snapshot_every_batches,
@@ -206,6 +212,22 @@ impl Core {
     /// Batches staged and not yet released.
     pub fn staged_len(&self) -> usize {
         self.staged.len()
+    }
+
+    /// The account's released ledger entries not yet known to be written, with
+    /// `from_ms <= at_ms <= to_ms`.
+    pub fn unwritten_ledger(
+        &self,
+        account: &crate::ids::AccountKey,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Vec<crate::ledger::Entry> {
+        self.ledger_unwritten
+            .iter()
+            .flat_map(|(_, entries)| entries.iter())
+            .filter(|e| e.account == *account && (from_ms..=to_ms).contains(&e.at_ms))
+            .cloned()
+            .collect()
     }
 
     /// A finished transfer still held in memory (not yet known to be archived).
@@ -328,6 +350,11 @@ impl Core {
                 .collect();
             self.finished_order.push_back((batch_seq, ids));
         }
+        let ledger = Arc::new(output.ledger);
+        if !ledger.is_empty() {
+            self.ledger_unwritten
+                .push_back((batch_seq, Arc::clone(&ledger)));
+        }
         let first_event = self.outbox.next_seq();
         let mut admin_done = Vec::new();
         let mut shed = 0;
@@ -345,6 +372,7 @@ impl Core {
             confirmations,
             messages: output.messages,
             finished: output.finished,
+            ledger,
             admin_done,
             events: first_event..self.outbox.next_seq(),
             shed,
@@ -361,6 +389,13 @@ impl Core {
     /// Drops cached finished transfers of batches up to `archived_upto` (durable in the
     /// archive now).
     pub fn trim_finished_cache(&mut self, archived_upto: u64) {
+        while self
+            .ledger_unwritten
+            .front()
+            .is_some_and(|(batch, _)| *batch <= archived_upto)
+        {
+            self.ledger_unwritten.pop_front();
+        }
         while let Some((batch, _)) = self.finished_order.front() {
             if *batch > archived_upto {
                 break;
@@ -392,6 +427,11 @@ impl Core {
             unarchived: self.finished_cache.values().cloned().collect(),
             outbox: self.outbox.pending_events(),
             next_event_seq: self.outbox.next_seq(),
+            unledgered: self
+                .ledger_unwritten
+                .iter()
+                .flat_map(|(_, entries)| entries.iter().cloned())
+                .collect(),
         };
         self.last_snapshot_batch = snapshot.batch_seq;
         snapshot
@@ -473,6 +513,7 @@ impl Core {
                         .map(|o| ((o.to, o.seq), o))
                         .collect();
                     store.archive(&snapshot.unarchived)?;
+                    store.ledger_add(&snapshot.unledgered)?;
                     store.sync_archive()?;
                     (state, unconfirmed, outbox, snapshot.batch_seq)
                 }
@@ -519,6 +560,7 @@ impl Core {
                 }
             }
             store.archive(&output.finished)?;
+            store.ledger_add(&output.ledger)?;
             for event in output.events {
                 if !matches!(event, Event::AdminDone { .. })
                     && fault != CoreFault::RecoveryDropsOutbox

@@ -42,12 +42,14 @@ mod core;
 pub use self::core::{Core, CoreFault, Lookup, Released, Staged};
 mod actor;
 mod api;
+mod ledger;
 mod outbox;
 mod recovery;
 mod settlement;
 mod workers;
 use actor::*;
 pub use api::{AccountView, EngineMetrics, HubConfig, PartitionStatus, TransferView};
+pub use ledger::LedgerPage;
 use outbox::Acks;
 pub use outbox::{AckToken, Delivery};
 use recovery::*;
@@ -89,6 +91,14 @@ enum Query {
     },
     /// The hub's accounts on the partition.
     HubBalances { reply: oneshot::Sender<HubFigures> },
+    /// The account's position ledger entries the partition holds in memory (released,
+    /// not yet known to be written).
+    Ledger {
+        account: AccountKey,
+        from_ms: i64,
+        to_ms: i64,
+        reply: oneshot::Sender<Vec<crate::ledger::Entry>>,
+    },
 }
 
 /// The hub's balances on one partition, per currency.
@@ -319,6 +329,7 @@ impl Hub {
         let archiver_shared = Arc::downgrade(&shared);
         let archiver_store = store.clone();
         let retention_ms = limits.retention_ms;
+        let ledger_retention_ms = limits.ledger_retention_ms;
         let archiver = std::thread::Builder::new()
             .name("engine-archiver".into())
             .spawn(move || run_archiver(archiver_store, archive_rx, archiver_shared))
@@ -333,7 +344,14 @@ impl Hub {
         let compactor_stop = shared.compactor_stop.clone();
         let compactor = std::thread::Builder::new()
             .name("engine-compactor".into())
-            .spawn(move || run_compactor(compactor_store, compactor_stop, retention_ms))
+            .spawn(move || {
+                run_compactor(
+                    compactor_store,
+                    compactor_stop,
+                    retention_ms,
+                    ledger_retention_ms,
+                )
+            })
             .map_err(|source| EngineError::Io {
                 what: "starting an engine thread".into(),
                 source,

@@ -76,6 +76,7 @@ pub(super) struct ArchiveJob {
     pub(super) partition: u32,
     pub(super) batch_seq: u64,
     pub(super) records: Vec<FinishedTransfer>,
+    pub(super) ledger: std::sync::Arc<Vec<crate::ledger::Entry>>,
 }
 
 /// A message to the archiver.
@@ -114,7 +115,10 @@ pub(super) fn run_archiver(
         };
         match message {
             Some(ArchiveMsg::Job(job)) => {
-                if let Err(e) = store.archive(&job.records) {
+                if let Err(e) = store
+                    .archive(&job.records)
+                    .and_then(|()| store.ledger_add(&job.ledger))
+                {
                     error!(error = %e, "archiving finished transfers failed; stopping the archiver");
                     return;
                 }
@@ -144,10 +148,25 @@ pub(super) fn run_archiver(
 }
 
 /// Archive upkeep off the critical path: merges runs (so lookups probe few of them) and
-/// drops runs past retention, one step at a time, until `stop` is set.
-pub(super) fn run_compactor(store: Arc<dyn Storage>, stop: Arc<AtomicBool>, retention_ms: i64) {
+/// drops runs past retention, one step at a time, until `stop` is set; every
+/// [`LEDGER_PRUNE_INTERVAL_MS`] it also drops position ledger entries past theirs.
+pub(super) fn run_compactor(
+    store: Arc<dyn Storage>,
+    stop: Arc<AtomicBool>,
+    retention_ms: i64,
+    ledger_retention_ms: i64,
+) {
     lower_priority_of_this_thread();
+    let mut last_prune: Option<std::time::Instant> = None;
     while !stop.load(Ordering::Relaxed) {
+        if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_millis(LEDGER_PRUNE_INTERVAL_MS))
+        {
+            last_prune = Some(std::time::Instant::now());
+            if let Err(e) = store.prune_ledger(now_ms().saturating_sub(ledger_retention_ms)) {
+                // Entries past retention stay readable, only taking disk; say so.
+                error!(error = %e, "pruning the position ledger failed");
+            }
+        }
         match store.maintain_archive(now_ms() - retention_ms, &stop) {
             Ok(true) => {}
             Ok(false) => std::thread::sleep(Duration::from_millis(COMPACTOR_IDLE_MS)),

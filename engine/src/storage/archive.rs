@@ -532,6 +532,12 @@ impl Archive {
         Ok(())
     }
 
+    /// The archive's database, for the position ledger's tree (`ledger.rs`): one sync
+    /// makes both durable.
+    pub(super) fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     pub fn stats(&self) -> ArchiveStats {
         let visible = self.read_visible();
         ArchiveStats {

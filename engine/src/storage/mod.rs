@@ -38,7 +38,8 @@
 //! can turn readiness false. A reopen recovers from what really is on disk.
 
 use crate::command::{Command, FinishedTransfer};
-use crate::ids::TransferId;
+use crate::ids::{AccountKey, TransferId};
+use crate::ledger::Entry;
 use crate::machine::Outgoing;
 use crate::EngineError;
 use serde::{Deserialize, Serialize};
@@ -48,8 +49,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 pub mod archive;
+pub mod ledger;
 pub mod wal;
 pub use archive::ArchiveStats;
+pub use ledger::LedgerStats;
 
 pub use crate::limits::{
     CHUNKS_MAX, CHUNK_BYTES_MAX, SEGMENT_BYTES, SLED_LOCK_RETRY_MS, SLED_LOCK_WAIT_MS_MAX,
@@ -101,6 +104,46 @@ pub struct SnapshotRecord {
     pub outbox: Vec<(u64, crate::command::Event)>,
     /// Sequence number the partition's next event gets.
     pub next_event_seq: u64,
+    /// Position ledger entries not yet known to be written by the archiver.
+    pub unledgered: Vec<Entry>,
+}
+
+/// Format version 1 of [`SnapshotRecord`], from before the position ledger: read (no
+/// entries pending), never written.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SnapshotRecordV1 {
+    pub batch_seq: u64,
+    pub state: Vec<u8>,
+    pub unconfirmed: Vec<Outgoing>,
+    pub unarchived: Vec<FinishedTransfer>,
+    pub outbox: Vec<(u64, crate::command::Event)>,
+    pub next_event_seq: u64,
+}
+
+impl SnapshotRecordV1 {
+    pub fn upgrade(self) -> SnapshotRecord {
+        SnapshotRecord {
+            batch_seq: self.batch_seq,
+            state: self.state,
+            unconfirmed: self.unconfirmed,
+            unarchived: self.unarchived,
+            outbox: self.outbox,
+            next_event_seq: self.next_event_seq,
+            unledgered: Vec::new(),
+        }
+    }
+}
+
+/// Decodes a stored snapshot record of any version this build reads.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotRecord, crate::codec::CodecError> {
+    use crate::codec::{decode_body, open_record, RecordKind};
+    let kind = RecordKind::Snapshot;
+    let (version, body) = open_record(kind, bytes)?;
+    if version == 1 {
+        let old: SnapshotRecordV1 = decode_body(kind, version, body)?;
+        return Ok(old.upgrade());
+    }
+    decode_body(kind, version, body)
 }
 
 /// What the runtime needs from durable storage. The implementation is [`Store`] (a file
@@ -153,6 +196,21 @@ pub trait Storage: Send + Sync + 'static {
     /// merges runs. Returns whether there was work. Gives up cleanly when `stop` is set.
     fn maintain_archive(&self, before_ms: i64, stop: &AtomicBool) -> Result<bool, EngineError>;
     fn archive_stats(&self) -> ArchiveStats;
+    /// Queues position ledger entries (durable after `sync_archive`).
+    fn ledger_add(&self, entries: &[Entry]) -> Result<(), EngineError>;
+    /// The account's durable ledger entries with `from_ms <= at_ms <= to_ms`, in time
+    /// order without repeats: at most `entries_max`, plus one more if there are more.
+    fn ledger_range(
+        &self,
+        account: &AccountKey,
+        from_ms: i64,
+        to_ms: i64,
+        entries_max: usize,
+    ) -> Result<Vec<Entry>, EngineError>;
+    /// Drops ledger entries of minutes wholly before `before_ms`; returns the chunks
+    /// dropped.
+    fn prune_ledger(&self, before_ms: i64) -> Result<u64, EngineError>;
+    fn ledger_stats(&self) -> LedgerStats;
     fn registry_put(&self, key: &str, value: &[u8]) -> Result<(), EngineError>;
     fn registry_get(&self, key: &str) -> Result<Option<Vec<u8>>, EngineError>;
     fn registry_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, EngineError>;
@@ -177,6 +235,8 @@ pub struct Store {
     data_file: File,
     meta: sled::Tree,
     archive: archive::Archive,
+    /// The position ledger, a tree of the archive's database.
+    ledger: ledger::Ledger,
     registry: sled::Tree,
     wal: wal::Wal,
     snap: Vec<sled::Tree>,
@@ -284,8 +344,10 @@ impl Store {
         }
         let wal = wal::Wal::open(&dir.join("wal"), partitions, wal_segment_bytes)?;
         let archive = archive::Archive::open(&dir.join("archive"), cache_bytes / 2)?;
+        let ledger = ledger::Ledger::open(archive.db())?;
         let store = Store {
             archive,
+            ledger,
             registry: db.open_tree("registry").map_err(storage_err)?,
             db,
             data_file,
@@ -522,9 +584,8 @@ impl Storage for Store {
         let Some((seq, body)) = records.into_iter().last() else {
             return Ok(None);
         };
-        let snapshot: SnapshotRecord =
-            crate::codec::decode_record(crate::codec::RecordKind::Snapshot, &body)
-                .map_err(|e| corrupt(partition, &format!("snap/{seq}"), e))?;
+        let snapshot =
+            decode_snapshot(&body).map_err(|e| corrupt(partition, &format!("snap/{seq}"), e))?;
         Ok(Some(snapshot))
     }
 
@@ -560,6 +621,7 @@ impl Storage for Store {
 
     fn sync_archive(&self) -> Result<(), EngineError> {
         self.refuse_if_stopped()?;
+        self.ledger.write().map_err(|e| self.stop(e))?;
         self.archive.sync().map_err(|e| self.stop(e))
     }
 
@@ -577,6 +639,29 @@ impl Storage for Store {
 
     fn archive_stats(&self) -> ArchiveStats {
         self.archive.stats()
+    }
+
+    fn ledger_add(&self, entries: &[Entry]) -> Result<(), EngineError> {
+        self.ledger.add(entries);
+        Ok(())
+    }
+
+    fn ledger_range(
+        &self,
+        account: &AccountKey,
+        from_ms: i64,
+        to_ms: i64,
+        entries_max: usize,
+    ) -> Result<Vec<Entry>, EngineError> {
+        self.ledger.range(account, from_ms, to_ms, entries_max)
+    }
+
+    fn prune_ledger(&self, before_ms: i64) -> Result<u64, EngineError> {
+        self.ledger.prune(before_ms)
+    }
+
+    fn ledger_stats(&self) -> LedgerStats {
+        self.ledger.stats()
     }
 
     fn registry_put(&self, key: &str, value: &[u8]) -> Result<(), EngineError> {
@@ -697,6 +782,7 @@ mod tests {
                 unarchived: Vec::new(),
                 outbox: Vec::new(),
                 next_event_seq: 0,
+                unledgered: Vec::new(),
             };
             store.write_snapshot(0, &snapshot).expect("snapshot");
             store.truncate_batches(0, seq).expect("sync sled");
@@ -720,6 +806,7 @@ mod tests {
             unarchived: Vec::new(),
             outbox: Vec::new(),
             next_event_seq: 0,
+            unledgered: Vec::new(),
         };
         store.write_snapshot(0, &snapshot).expect("snapshot");
         store.snap[0].remove(chunk_key(1, 1)).expect("remove");

@@ -28,8 +28,9 @@
 
 use engine::codec::{decode_record, RecordKind};
 use engine::command::FinishedTransfer;
-use engine::ids::TransferId;
-use engine::storage::{ArchiveStats, SnapshotRecord, Storage, WalRecord};
+use engine::ids::{AccountKey, TransferId};
+use engine::ledger::{Entry, EntryId};
+use engine::storage::{ArchiveStats, LedgerStats, SnapshotRecord, Storage, WalRecord};
 use engine::EngineError;
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
@@ -94,6 +95,8 @@ struct Inner {
     /// An epoch or registry entry was written since the last sled flush.
     sled_dirty: bool,
     archive: Overlay<TransferId, FinishedTransfer>,
+    /// The position ledger, durable with the archive (one database, one sync).
+    ledger: Overlay<EntryId, Entry>,
     failed: Option<String>,
     damage: Option<Damage>,
     stats: DiskStats,
@@ -207,6 +210,7 @@ impl SimDisk {
                 registry: Overlay::new(),
                 sled_dirty: false,
                 archive: Overlay::new(),
+                ledger: Overlay::new(),
                 failed: None,
                 damage: None,
                 stats: DiskStats::default(),
@@ -269,6 +273,7 @@ impl SimDisk {
         inner.registry.lose_volatile();
         inner.sled_dirty = false;
         inner.archive.lose_volatile();
+        inner.ledger.lose_volatile();
         inner.failed = None;
     }
 
@@ -440,6 +445,7 @@ impl Storage for SimDisk {
         let mut inner = self.lock();
         inner.refuse()?;
         inner.archive.make_durable();
+        inner.ledger.make_durable();
         Ok(())
     }
 
@@ -463,6 +469,45 @@ impl Storage for SimDisk {
         ArchiveStats {
             records: self.lock().archive.current().len() as u64,
             ..ArchiveStats::default()
+        }
+    }
+
+    fn ledger_add(&self, entries: &[Entry]) -> Result<(), EngineError> {
+        let mut inner = self.lock();
+        for entry in entries {
+            inner.ledger.insert(entry.id, entry.clone());
+        }
+        Ok(())
+    }
+
+    fn ledger_range(
+        &self,
+        account: &AccountKey,
+        from_ms: i64,
+        to_ms: i64,
+        entries_max: usize,
+    ) -> Result<Vec<Entry>, EngineError> {
+        let inner = self.lock();
+        let mut out: Vec<Entry> = inner
+            .ledger
+            .current()
+            .into_values()
+            .filter(|e| e.account == *account && (from_ms..=to_ms).contains(&e.at_ms))
+            .cloned()
+            .collect();
+        engine::ledger::sort_dedup(&mut out);
+        out.truncate(entries_max.saturating_add(1));
+        Ok(out)
+    }
+
+    fn prune_ledger(&self, _before_ms: i64) -> Result<u64, EngineError> {
+        Ok(0)
+    }
+
+    fn ledger_stats(&self) -> LedgerStats {
+        LedgerStats {
+            entries_written: self.lock().ledger.current().len() as u64,
+            ..LedgerStats::default()
         }
     }
 

@@ -9,7 +9,8 @@
 
 use crate::admin::{account_of, money_value, participant, respond, Answer};
 use crate::engine_errors::from_engine;
-use crate::fspiop::{format_timestamp, parse_timestamp, ApiError};
+use crate::fspiop::{format_timestamp, ApiError};
+use crate::settlement::query_time;
 use crate::AppState;
 use actix_web::{web, HttpResponse};
 use engine::ledger::{Cause, Totals};
@@ -23,17 +24,6 @@ pub async fn get(
     query: web::Query<BTreeMap<String, String>>,
 ) -> HttpResponse {
     respond(ledger(&state, &path, &query).await)
-}
-
-fn time_param(query: &BTreeMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
-    query
-        .get(name)
-        .map(|t| {
-            parse_timestamp(t).ok_or_else(|| {
-                ApiError::validation(format!("{name} must be an ISO 8601 date-time"))
-            })
-        })
-        .transpose()
 }
 
 async fn ledger(state: &AppState, name: &str, query: &BTreeMap<String, String>) -> Answer {
@@ -54,8 +44,8 @@ async fn ledger(state: &AppState, name: &str, query: &BTreeMap<String, String>) 
         }
     };
     let account = account_of(&p, &currency)?;
-    let from_ms = time_param(query, "fromDateTime")?.unwrap_or(0);
-    let to_ms = time_param(query, "toDateTime")?.unwrap_or(i64::MAX);
+    let from_ms = query_time(query, "fromDateTime")?.unwrap_or(0);
+    let to_ms = query_time(query, "toDateTime")?.unwrap_or(i64::MAX);
     if from_ms > to_ms {
         return Err(ApiError::validation(
             "fromDateTime must not be after toDateTime",

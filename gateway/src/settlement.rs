@@ -235,7 +235,10 @@ fn query_id(query: &BTreeMap<String, String>, name: &str) -> Result<Option<u64>,
     query.get(name).map(|t| id_of(t, name)).transpose()
 }
 
-fn query_time(query: &BTreeMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
+pub(crate) fn query_time(
+    query: &BTreeMap<String, String>,
+    name: &str,
+) -> Result<Option<i64>, ApiError> {
     query
         .get(name)
         .map(|t| {
